@@ -1,0 +1,8 @@
+"""Rule-based rewards: the interface (``rewards.base``), scoring (``rewards.scoring``) and the built-in rules.
+
+Importing this package registers the built-in rules.
+"""
+
+from rewards.base import REWARDS, DetailedReward, Scored, load_reward, register_reward
+
+__all__ = ["REWARDS", "DetailedReward", "Scored", "load_reward", "register_reward"]

@@ -1,0 +1,55 @@
+"""The one registry idiom used for advantage estimators, policy losses, KL estimators and rewards.
+
+>>> LOSSES = Registry("loss")
+>>> @LOSSES.register("double")
+... def double(x):
+...     return 2 * x
+>>> LOSSES.get("double")(3)
+6
+>>> LOSSES.get("tripple")
+Traceback (most recent call last):
+...
+KeyError: "unknown loss 'tripple'; known: double"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Name -> object table. Duplicate names raise; unknown names raise listing the known ones."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def deco(obj: T) -> T:
+            self.add(name, obj)
+            return obj
+
+        return deco
+
+    def add(self, name: str, obj: T) -> None:
+        if name in self._items:
+            raise ValueError(f"duplicate {self.kind} name {name!r}: already registered as {self._items[name]!r}")
+        self._items[name] = obj
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise KeyError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._items))}") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._items))
