@@ -1,0 +1,109 @@
+"""Atomic checkpoints: everything a resumed run needs to continue exactly as the uninterrupted run would.
+
+A checkpoint is a directory ``checkpoints/step-000050`` holding the trainable weights (safetensors), optimizer and
+scheduler state, RNG states and the trainer state (step, data position, base accuracy). It is written into a
+temporary sibling, fsynced, and renamed into place: a SIGKILL at any moment leaves either the complete new
+checkpoint or none, and the previous one untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+STEP_DIR = re.compile(r"^step-(\d{6,})$")
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    root: Path, step: int, model: torch.nn.Module, optimizer, scheduler, trainer_state: dict[str, Any], keep: int = 2
+) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:06d}.tmp-", dir=root))
+    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+               tmp / "optim.pt")  # fmt: skip
+    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    if final.exists():  # a re-save of the same step after a resume: replace it
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    prune(root, keep)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def prune(root: Path, keep: int) -> None:
+    for p in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+    for p in root.glob(".step-*.tmp-*"):  # leftovers of a write that was killed
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and RNG states; return the trainer state."""
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [n for n in weights if n not in params]
+    if missing:
+        raise ValueError(f"checkpoint {path} does not match the model: unknown parameters {missing[:3]}")
+    with torch.no_grad():
+        for n, t in weights.items():
+            params[n].copy_(t.to(params[n].device, params[n].dtype))
+    blob = torch.load(path / "optim.pt", weights_only=False)
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    set_rng_state(blob["rng"])
+    return json.loads((path / "trainer_state.json").read_text())

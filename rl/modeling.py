@@ -1,0 +1,127 @@
+"""Loading the policy (any transformers causal LM, MoE families first-class), LoRA, and the reference model."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rl.config import DataConfig, ModelConfig
+from rl.tiny import ensure_tiny_base
+
+log = logging.getLogger(__name__)
+
+# Linear layers LoRA adapts by default: attention projections (incl. DeepSeek MLA's low-rank ones) and dense
+# MLPs (incl. shared experts). Routed experts are fused 3-D parameters in transformers >= 5 and are adapted
+# only with model.lora_target_experts; routers are never adapted (routing is controlled by the moe options).
+DEFAULT_LORA_TARGETS = (
+    "q_proj", "k_proj", "v_proj", "o_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj",
+    "gate_proj", "up_proj", "down_proj", "w1", "w2", "w3", "c_attn", "c_proj", "fc1", "fc2",
+)  # fmt: skip
+EXPERT_PARAMETERS = ("gate_up_proj", "down_proj", "up_proj", "gate_proj", "w1", "w2", "w3")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+@dataclass
+class Policy:
+    model: torch.nn.Module
+    tokenizer: object
+    reference: torch.nn.Module | None
+    """A frozen copy for full fine-tuning with beta > 0; None with LoRA (the base is the reference) or beta = 0."""
+    source: str
+    """Where the weights came from (the resolved local directory for tiny:// models)."""
+
+    @property
+    def is_lora(self) -> bool:
+        return hasattr(self.model, "disable_adapter")
+
+    @contextlib.contextmanager
+    def as_reference(self) -> Iterator[torch.nn.Module]:
+        """The reference model: the base with adapters disabled (LoRA), or the frozen copy (full)."""
+        if self.reference is not None:
+            yield self.reference
+        elif self.is_lora:
+            with self.model.disable_adapter():
+                yield self.model
+        else:
+            raise RuntimeError("no reference model: algorithm.beta is 0, so none was loaded")
+
+
+def resolve_source(cfg: ModelConfig, data: DataConfig) -> str:
+    if cfg.name_or_path.startswith("tiny://"):
+        return str(ensure_tiny_base(cfg.name_or_path, eval_seed=data.seed, n_eval=data.num_eval, cfg=cfg.tiny))
+    return cfg.name_or_path
+
+
+def load_tokenizer(source: str, cfg: ModelConfig):
+    tok = AutoTokenizer.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_policy(cfg: ModelConfig, data: DataConfig, *, need_reference: bool, device: torch.device) -> Policy:
+    source = resolve_source(cfg, data)
+    tokenizer = load_tokenizer(source, cfg)
+    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code, "dtype": DTYPES[cfg.dtype]}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs).to(device)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    reference = None
+    if cfg.finetune == "lora":
+        model = apply_lora(model, cfg)
+    elif need_reference:
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    return Policy(model, tokenizer, reference, source)
+
+
+def lora_targets(model: torch.nn.Module, cfg: ModelConfig) -> tuple[list[str], list[str]]:
+    """(module names, expert parameter names) to adapt, found in ``model``; raises if none match."""
+    wanted = set(cfg.lora_target_modules or DEFAULT_LORA_TARGETS)
+    modules = sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".experts." not in n}
+        & wanted
+    )
+    if not modules:
+        raise ValueError(f"model.lora_target_modules: none of {sorted(wanted)} is a Linear layer of this model")
+    params: list[str] = []
+    if cfg.lora_target_experts:
+        params = sorted(
+            {f"experts.{n.rsplit('.', 1)[-1]}" for n, p in model.named_parameters()
+             if ".experts." in n and p.dim() == 3 and n.rsplit(".", 1)[-1] in EXPERT_PARAMETERS}
+        )  # fmt: skip
+        if not params:
+            raise ValueError("model.lora_target_experts: this model has no fused 3-D expert parameters to adapt")
+    return modules, params
+
+
+def apply_lora(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    modules, params = lora_targets(model, cfg)
+    lcfg = LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=modules,
+        target_parameters=params or None, bias="none", task_type="CAUSAL_LM",
+    )  # fmt: skip
+    peft_model = get_peft_model(model, lcfg)
+    n_train = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    log.info("LoRA on %s%s: %d trainable parameters", modules, f" + experts {params}" if params else "", n_train)
+    return peft_model
+
+
+def save_final(policy: Policy, out: Path) -> None:
+    """Adapter (LoRA) or full weights as safetensors, plus the tokenizer: loadable with transformers/peft."""
+    policy.model.save_pretrained(out, safe_serialization=True)
+    policy.tokenizer.save_pretrained(out)

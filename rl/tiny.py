@@ -1,0 +1,224 @@
+"""Tiny MoE base models built locally: a character tokenizer, a few-million-parameter MoE config per family, and a
+short CPU pre-training on a synthetic task's demonstrations. Used by the tiny recipes and the tests.
+
+A recipe names one as ``model.name_or_path: tiny://<family>/<task>`` (e.g. ``tiny://deepseek_v3/arith``); it is
+built on first use and cached under ``$R1KIT_CACHE`` (default ``~/.cache/r1kit``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import string
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedTokenizerFast
+
+from rl.registry import Registry
+from rollouts.tasks import TEMPLATES, arith_demo, split_examples
+
+log = logging.getLogger(__name__)
+
+TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
+PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
+
+
+def build_char_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per printable ASCII character, the four R1 tags as single tokens, and pad/eos/unk."""
+    chars = list(dict.fromkeys(string.printable))
+    vocab = {tok: i for i, tok in enumerate([PAD, EOS, UNK, *TAGS, *chars])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_tokens(TAGS)  # matched before the per-character split
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK)
+    fast.padding_side = "left"
+    return fast
+
+
+def _deepseek_v3(vocab_size: int, **kw) -> PretrainedConfig:
+    from transformers import DeepseekV3Config
+
+    # DeepSeek-V3 layout in miniature: MLA attention, first layer dense, 8 routed experts (top-2) in 4 groups of
+    # which 2 may be chosen (sigmoid group-limited routing), one shared expert.
+    return DeepseekV3Config(
+        vocab_size=vocab_size, hidden_size=128, intermediate_size=256, moe_intermediate_size=96,
+        num_hidden_layers=4, first_k_dense_replace=1, num_attention_heads=4, num_key_value_heads=4,
+        n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1, n_group=4, topk_group=2,
+        q_lora_rank=None, kv_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=16, v_head_dim=32,
+        max_position_embeddings=512, tie_word_embeddings=False, **kw,
+    )  # fmt: skip
+
+
+def _qwen3_moe(vocab_size: int, **kw) -> PretrainedConfig:
+    from transformers import Qwen3MoeConfig
+
+    return Qwen3MoeConfig(
+        vocab_size=vocab_size, hidden_size=128, intermediate_size=256, moe_intermediate_size=96,
+        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=32, num_experts=8,
+        num_experts_per_tok=2, norm_topk_prob=True, max_position_embeddings=512, tie_word_embeddings=False, **kw,
+    )  # fmt: skip
+
+
+def _olmoe(vocab_size: int, **kw) -> PretrainedConfig:
+    from transformers import OlmoeConfig
+
+    return OlmoeConfig(
+        vocab_size=vocab_size, hidden_size=128, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=4, num_experts=8, num_experts_per_tok=2, max_position_embeddings=512,
+        tie_word_embeddings=False, **kw,
+    )  # fmt: skip
+
+
+def _mixtral(vocab_size: int, **kw) -> PretrainedConfig:
+    from transformers import MixtralConfig
+
+    return MixtralConfig(
+        vocab_size=vocab_size, hidden_size=128, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=512,
+        tie_word_embeddings=False, **kw,
+    )  # fmt: skip
+
+
+def _qwen2_moe(vocab_size: int, **kw) -> PretrainedConfig:
+    from transformers import Qwen2MoeConfig
+
+    return Qwen2MoeConfig(
+        vocab_size=vocab_size, hidden_size=128, intermediate_size=256, moe_intermediate_size=96,
+        shared_expert_intermediate_size=96, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+        num_experts=8, num_experts_per_tok=2, max_position_embeddings=512, tie_word_embeddings=False, **kw,
+    )  # fmt: skip
+
+
+TINY_FAMILIES: Registry[Callable[..., PretrainedConfig]] = Registry("tiny model family")
+for _name, _fn in [("deepseek_v3", _deepseek_v3), ("qwen3_moe", _qwen3_moe), ("olmoe", _olmoe),
+                   ("mixtral", _mixtral), ("qwen2_moe", _qwen2_moe)]:  # fmt: skip
+    TINY_FAMILIES.add(_name, _fn)
+
+
+def tiny_model(family: str, tokenizer: PreTrainedTokenizerFast, seed: int = 0, **config_overrides):
+    """A randomly initialised tiny MoE of ``family`` sized for ``tokenizer``."""
+    config = TINY_FAMILIES.get(family)(
+        len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None, **config_overrides,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """How the tiny base is "pre-trained": supervised steps on demonstrations with systematic mistakes."""
+
+    steps: int = 700
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup: int = 50
+    mistake_rate: float = 0.6
+    """Share of demonstrations whose shown answer forgets the last term (see ``rollouts.tasks``)."""
+    n_demos: int = 40000
+    template: str = "qa"
+    seed: int = 0
+
+
+def demo_texts(task: str, cfg: PretrainConfig, *, eval_seed: int, n_eval: int) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs for pre-training; excludes the eval questions of ``eval_seed``."""
+    train, _ = split_examples(task, n_train=cfg.n_demos, n_eval=n_eval, seed=eval_seed)
+    rng = random.Random(cfg.seed)
+    tpl = TEMPLATES.get(cfg.template)
+    return [
+        (tpl.format(question=d.example.question), d.example.completion(d.shown_answer))
+        for d in (arith_demo(ex, rng, cfg.mistake_rate) for ex in train)
+    ]
+
+
+def _lm_batch(tokenizer, pairs: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids, attention mask and labels (loss on completion tokens + EOS only)."""
+    rows = [(tokenizer.encode(p), tokenizer.encode(c) + [tokenizer.eos_token_id]) for p, c in pairs]
+    L = max(len(p) + len(c) for p, c in rows)
+    ids = torch.full((len(rows), L), tokenizer.pad_token_id)
+    labels = torch.full((len(rows), L), -100)
+    for i, (p, c) in enumerate(rows):
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+        labels[i, len(p) : len(p) + len(c)] = torch.tensor(c)
+    return ids, (ids != tokenizer.pad_token_id).long() | (labels != -100).long(), labels
+
+
+def pretrain(model, tokenizer, pairs: list[tuple[str, str]], cfg: PretrainConfig, progress: bool = True) -> list[float]:
+    from tqdm.auto import tqdm
+
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(s / cfg.steps, 1.0)))
+    )
+    rng = random.Random(cfg.seed)
+    model.train()
+    losses = []
+    bar = tqdm(range(cfg.steps), desc="pre-training tiny base", disable=not progress)
+    for _ in bar:
+        ids, attn, labels = _lm_batch(tokenizer, rng.sample(pairs, cfg.batch_size))
+        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+    model.eval()
+    return losses
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("R1KIT_CACHE", Path.home() / ".cache" / "r1kit"))
+
+
+def parse_tiny_ref(ref: str) -> tuple[str, str]:
+    body = ref.removeprefix("tiny://")
+    family, _, task = body.partition("/")
+    if not family or not task:
+        raise ValueError(f"model.name_or_path: {ref!r} must look like tiny://<family>/<task>, e.g. tiny://deepseek_v3/arith")
+    TINY_FAMILIES.get(family)
+    return family, task
+
+
+def ensure_tiny_base(ref: str, *, eval_seed: int, n_eval: int, cfg: PretrainConfig | None = None) -> Path:
+    """Return the cached directory of ``tiny://family/task``, building and pre-training it first if needed.
+
+    The cache key covers everything that shapes the weights; the directory appears atomically (built in a
+    temporary sibling, then renamed), so a killed build leaves no half-written model behind.
+    """
+    family, task = parse_tiny_ref(ref)
+    cfg = cfg or PretrainConfig()
+    key = json.dumps({"family": family, "task": task, "eval_seed": eval_seed, "n_eval": n_eval, **asdict(cfg)})
+    out = cache_root() / "tiny" / f"{family}-{task}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    if (out / "r1kit_tiny.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    tokenizer = build_char_tokenizer()
+    model = tiny_model(family, tokenizer, seed=cfg.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("building %s: %.2fM parameters, pre-training %d steps", ref, n_params / 1e6, cfg.steps)
+    losses = pretrain(model, tokenizer, demo_texts(task, cfg, eval_seed=eval_seed, n_eval=n_eval), cfg)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    meta = {"ref": ref, "params": n_params, "final_loss": losses[-1], "seconds": time.time() - t0, "key": json.loads(key)}
+    (tmp / "r1kit_tiny.json").write_text(json.dumps(meta, indent=2))
+    try:
+        tmp.rename(out)
+    except OSError:  # another process built it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
