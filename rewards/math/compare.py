@@ -1,0 +1,291 @@
+"""Deciding whether two parsed answers are equal.
+
+``equal(gold, pred, use_sympy)`` walks the two structures. With ``use_sympy=False`` only plain numbers are compared
+(in-process, no timeout needed) and anything else raises ``NeedsSympy``; the worker pool calls it again with
+``use_sympy=True``. LaTeX leaves go through latex2sympy2_extended's grammar parser (never ``sympify``/``eval``),
+and ``too_big`` rejects expressions such as ``10^{10^{10}}`` before anything evaluates them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from fractions import Fraction
+from functools import lru_cache
+
+import sympy
+from latex2sympy2_extended.latex2sympy2 import ConversionConfig, latex2sympy
+
+from rewards.math.numbers import Num, close, numbers_match, parse_number, rounds_to
+from rewards.math.structure import Atom, Choice, Cup, Items, Node, Rel, Span, Text
+
+MAX_TEX_CHARS = 400
+MAX_DIGITS = 100_000
+"""Integers with more digits than this are never built: ``2^{2^{2^{2^{2}}}}`` has 19,729 and is fine."""
+_CONFIG = ConversionConfig(interpret_as_mixed_fractions=True, lowercase_symbols=True)
+_POINTS = (0.5731, 1.2917, 2.3311)
+
+
+class NeedsSympy(Exception):
+    """The fast path met something other than a plain number."""
+
+
+def equal(gold: Node, pred: Node, use_sympy: bool) -> bool:
+    gold, pred = _unwrap(gold), _unwrap(pred)
+    if isinstance(gold, Rel) and gold.op == "=":
+        return _equal_eq(gold, pred, use_sympy)
+    if isinstance(pred, Rel) and pred.op == "=":
+        return equal(gold, pred.rhs, use_sympy)  # "\sqrt{4} = 2" answers 2
+    if isinstance(gold, Choice):
+        return _letter(pred) == gold.letter
+    if isinstance(gold, Text) or isinstance(pred, Text):
+        return _plain(gold) is not None and _plain(gold) == _plain(pred)
+    if isinstance(gold, Atom) and isinstance(pred, Atom):
+        return _equal_atoms(gold, pred, use_sympy)
+    if isinstance(gold, Items) and isinstance(pred, Items):
+        return _equal_items(gold, pred, use_sympy)
+    if isinstance(gold, Span | Items) and isinstance(pred, Span | Items):
+        return _equal_spans(_as_span(gold), _as_span(pred), use_sympy)
+    if isinstance(gold, Cup) and isinstance(pred, Cup):
+        return _matching(gold.parts, pred.parts, use_sympy)
+    if isinstance(gold, Rel) and isinstance(pred, Rel):
+        return gold.op == pred.op and _same_relation(gold, pred, use_sympy)
+    return False
+
+
+def _unwrap(node: Node) -> Node:
+    while isinstance(node, Items) and len(node.items) == 1:
+        node = node.items[0]
+    return node
+
+
+def _equal_eq(gold: Rel, pred: Node, use_sympy: bool) -> bool:
+    if isinstance(pred, Rel) and pred.op == "=":
+        if not gold.label or not pred.label:
+            if not gold.label and not pred.label or not isinstance(gold.lhs, Atom) or not isinstance(pred.lhs, Atom):
+                return _same_relation(gold, pred, use_sympy)
+            if _same_relation(gold, pred, use_sympy):
+                return True
+        return equal(gold.rhs, pred.rhs, use_sympy)
+    return gold.label and equal(gold.rhs, pred, use_sympy)
+
+
+def _letter(node: Node) -> str | None:
+    if isinstance(node, Choice):
+        return node.letter
+    text = _plain(node)
+    return text.upper() if text is not None and len(text) == 1 and text.upper() in "ABCDE" else None
+
+
+def _plain(node: Node) -> str | None:
+    if isinstance(node, Text):
+        return node.s
+    if isinstance(node, Choice):
+        return node.letter.lower()
+    if isinstance(node, Atom) and not node.pct:
+        return "".join(node.tex.split()).replace("{", "").replace("}", "").lower()
+    return None
+
+
+def _equal_items(gold: Items, pred: Items, use_sympy: bool) -> bool:
+    if len(gold.items) != len(pred.items):
+        return False
+    if "tuple" in (gold.kind, pred.kind) and "set" not in (gold.kind, pred.kind):
+        return all(equal(g, p, use_sympy) for g, p in zip(gold.items, pred.items, strict=True))
+    return _matching(gold.items, pred.items, use_sympy)
+
+
+def _matching(gold: tuple[Node, ...], pred: tuple[Node, ...], use_sympy: bool) -> bool:
+    """Order-free: every gold part equals a distinct pred part (greedy, fine for answer-sized lists)."""
+    if len(gold) != len(pred):
+        return False
+    left = list(pred)
+    for g in gold:
+        hit = next((i for i, p in enumerate(left) if equal(g, p, use_sympy)), None)
+        if hit is None:
+            return False
+        left.pop(hit)
+    return True
+
+
+def _as_span(node: Node) -> Span | None:
+    if isinstance(node, Span):
+        return node
+    if isinstance(node, Items) and node.kind == "tuple" and len(node.items) == 2:
+        return Span(node.items[0], node.items[1], False, False)  # "(0, 1)" is also the open interval
+    return None
+
+
+def _equal_spans(gold: Span | None, pred: Span | None, use_sympy: bool) -> bool:
+    if gold is None or pred is None or (gold.lo_closed, gold.hi_closed) != (pred.lo_closed, pred.hi_closed):
+        return False
+    return equal(gold.lo, pred.lo, use_sympy) and equal(gold.hi, pred.hi, use_sympy)
+
+
+# ---- leaves -------------------------------------------------------------------------------------------------
+
+
+def _equal_atoms(gold: Atom, pred: Atom, use_sympy: bool) -> bool:
+    if re.fullmatch(r"\d+:\d\d", gold.tex) or re.fullmatch(r"\d+:\d\d", pred.tex):
+        return gold.tex == pred.tex  # a clock time, not the ratio 12:00
+    g, p = _value(gold.tex, use_sympy), _value(pred.tex, use_sympy)
+    if g is None or p is None:
+        return False
+    golds = [_scale(g, 100), g] if gold.pct else [g]
+    preds = [p] if gold.pct and pred.pct else [_scale(p, 100)] if pred.pct else [p]
+    return any(_equal_values(a, b) for a in golds for b in preds)
+
+
+def _value(tex: str, use_sympy: bool) -> Num | sympy.Basic | None:
+    num = parse_number(tex)
+    if num is not None:
+        return num
+    if not use_sympy:
+        raise NeedsSympy(tex)
+    return to_sympy(tex)
+
+
+def valid(node: Node, use_sympy: bool) -> bool:
+    """Every leaf of ``node`` parses (the checker moves on to the next candidate answer otherwise)."""
+    if isinstance(node, Atom):
+        return _value(node.tex, use_sympy) is not None
+    if isinstance(node, Items | Cup):
+        return all(valid(n, use_sympy) for n in (node.items if isinstance(node, Items) else node.parts))
+    if isinstance(node, Span):
+        return valid(node.lo, use_sympy) and valid(node.hi, use_sympy)
+    if isinstance(node, Rel):
+        return (node.label or valid(node.lhs, use_sympy)) and valid(node.rhs, use_sympy)
+    return True
+
+
+def _scale(v: Num | sympy.Basic, by: int) -> Num | sympy.Basic:
+    return Num(v.value / by, None) if isinstance(v, Num) else v / by
+
+
+def _equal_values(a: Num | sympy.Basic, b: Num | sympy.Basic) -> bool:
+    if isinstance(a, Num) and isinstance(b, Num):
+        return numbers_match(a, b)
+    return sympy_equal(_to_sym(a), _to_sym(b))
+
+
+def _to_sym(v: Num | sympy.Basic) -> sympy.Basic:
+    if not isinstance(v, Num):
+        return v
+    if v.decimals is not None:
+        return sympy.Float(str(float(v.value)), max(15, v.decimals + 2))
+    return sympy.Rational(v.value.numerator, v.value.denominator)
+
+
+@lru_cache(maxsize=4096)
+def to_sympy(tex: str) -> sympy.Basic | None:
+    """latex2sympy2_extended's grammar parser, with the size guards; None when it cannot parse ``tex``."""
+    if len(tex) > MAX_TEX_CHARS or tex.count("{") > 60:
+        return None
+    try:
+        expr = latex2sympy(tex, normalization_config=None, conversion_config=_CONFIG)
+    except Exception:  # noqa: BLE001 - the ANTLR listener raises bare Exception for every syntax error
+        return None
+    if not isinstance(expr, sympy.Basic | sympy.MatrixBase) or too_big(expr):
+        return None
+    return expr
+
+
+def magnitude(e: sympy.Basic) -> float:
+    """An upper bound on log10|e| for numeric sub-trees, computed without evaluating anything."""
+    if isinstance(e, sympy.Integer):
+        return int(e).bit_length() * 0.302 + 1
+    if isinstance(e, sympy.Rational):
+        return magnitude(sympy.Integer(e.p)) + magnitude(sympy.Integer(e.q))
+    if isinstance(e, sympy.Pow):
+        base, exp = magnitude(e.args[0]), magnitude(e.args[1])
+        return math.inf if exp > 7 else max(base, 1.0) * 10**exp
+    if isinstance(e, sympy.factorial | sympy.gamma):
+        n = magnitude(e.args[0])
+        return math.inf if n > 6 else 10**n * n
+    if not e.args:
+        return 1.0
+    sizes = [magnitude(a) for a in e.args]
+    return sum(sizes) if isinstance(e, sympy.Mul) else max(sizes) + 1
+
+
+def too_big(expr: sympy.Basic | sympy.MatrixBase) -> bool:
+    items = list(expr) if isinstance(expr, sympy.MatrixBase) else [expr]
+    return any(magnitude(sympy.sympify(x) if not isinstance(x, sympy.Basic) else x) > MAX_DIGITS for x in items)
+
+
+def sympy_equal(a: sympy.Basic, b: sympy.Basic) -> bool:
+    if isinstance(a, sympy.MatrixBase) or isinstance(b, sympy.MatrixBase):
+        if not (isinstance(a, sympy.MatrixBase) and isinstance(b, sympy.MatrixBase)) or a.shape != b.shape:
+            return False
+        return all(sympy_equal(x, y) for x, y in zip(a, b, strict=True))
+    if not isinstance(a, sympy.Expr) or not isinstance(b, sympy.Expr):
+        return a == b
+    if a == b:
+        return True
+    if a.free_symbols or b.free_symbols:
+        return _same_function(a - b)
+    return _same_number(a, b)
+
+
+def _same_number(a: sympy.Expr, b: sympy.Expr) -> bool:
+    try:
+        x, y = complex(a.evalf(30)), complex(b.evalf(30))
+    except (TypeError, ValueError, OverflowError):
+        return False
+    if a.has(sympy.Float) or b.has(sympy.Float):
+        if close(abs(x), abs(y)) and close(x.real, y.real) and close(x.imag, y.imag):
+            return True
+        return _rounded(a, y, x) or _rounded(b, x, y)
+    return abs(x - y) <= 1e-12 * max(abs(x), abs(y))  # relative: 2^-99 and 2^-98 differ
+
+
+def _rounded(shown: sympy.Expr, exact: complex, _shown_value: complex) -> bool:
+    """``shown`` is a decimal written with k >= 2 places and ``exact`` (not a decimal) rounds to it."""
+    if not isinstance(shown, sympy.Float) or exact.imag:
+        return False
+    text = f"{float(shown):.12f}".rstrip("0")
+    places = len(text.split(".")[1]) if "." in text else 0
+    exact_num = Num(Fraction(exact.real).limit_denominator(10**12))
+    return rounds_to(exact_num, Num(Fraction(text), places))
+
+
+def _same_function(d: sympy.Expr) -> bool:
+    """``d`` vanishes: exactly after expansion, or numerically at a few fixed points."""
+    try:
+        if sympy.expand(d) == 0:
+            return True
+        symbols = sorted(d.free_symbols, key=str)
+        for k, p in enumerate(_POINTS):
+            subs = {s: p + 0.37 * i + 0.11 * k for i, s in enumerate(symbols)}
+            v = complex(d.evalf(20, subs=subs))
+            if not math.isfinite(abs(v)) or abs(v) > 1e-8:
+                return False
+        return True
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError, AttributeError):
+        return False
+
+
+def _same_relation(gold: Rel, pred: Rel, use_sympy: bool) -> bool:
+    """``a op b`` and ``c op d`` agree when (a-b)/(c-d) is a constant, positive for inequalities."""
+    if not all(isinstance(n, Atom) for n in (gold.lhs, gold.rhs, pred.lhs, pred.rhs)):
+        return False
+    if not use_sympy:
+        raise NeedsSympy("relation")
+    parts = [to_sympy(n.tex) if n.tex else None for n in (gold.lhs, gold.rhs, pred.lhs, pred.rhs)]
+    if any(p is None or not isinstance(p, sympy.Expr) for p in parts):
+        return False
+    d1, d2 = parts[0] - parts[1], parts[2] - parts[3]
+    if d1 == 0 or d2 == 0:
+        return d1 == d2
+    try:
+        ratio = sympy.cancel(d1 / d2)
+        if ratio.free_symbols:
+            return False
+        r = complex(ratio.evalf())
+    except (TypeError, ValueError, ZeroDivisionError):
+        return False
+    if gold.op == "=" or gold.op == "≠":
+        return r != 0
+    return r.imag == 0 and r.real > 0
+
+

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+import pytest
+
+from rewards.base import REWARDS
+from rewards.math import check, extract_answer, verify, verify_batch
+
+EQUAL = [
+    ("7425000", "7,425,000"),  # thousands separators
+    ("1000", "1 000"),
+    ("0.5", "\\frac{1}{2}"),  # decimals and fractions
+    ("\\frac{1}{3}", "\\dfrac13"),
+    ("\\frac{3}{4}", "\\tfrac{3}{4}"),
+    ("40/9", "4 4/9"),  # mixed number
+    ("28\\%", "28 percent"),  # percentages
+    ("7/25", "28%"),
+    ("1500", "1.5e3"),  # scientific notation
+    ("1000", "1 \\times 10^3"),
+    ("2\\sqrt{2}", "\\sqrt{8}"),  # radicals
+    ("\\pi/2", "\\frac{\\pi}{2}"),  # pi
+    ("e^2", "e \\cdot e"),
+    ("(r+5)^2", "(r+5)(r+5)"),  # symbolic
+    ("\\tan^2(y)+1", "\\sec^2(y)"),
+    ("5", "x = 5"),  # equation vs value
+    ("y = 2x+1", "2x+1"),
+    ("2x+4y-3=0", "y=-\\frac{1}{2}x+\\frac{3}{4}"),
+    ("[0, 1)", "[0,1)"),  # intervals and unions
+    ("(-\\infty, 2) \\cup (3, \\infty)", "(-\\infty,2)\\cup(3,\\infty)"),
+    ("-2 \\le x \\le 7", "[-2, 7]"),
+    ("\\{1, 2, 3\\}", "\\{3, 1, 2\\}"),  # sets are order-free
+    ("(1, \\frac{9}{2})", "(1, 4.5)"),  # tuples
+    ("\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix}", "\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}"),  # matrices
+    ("\\begin{pmatrix}1 \\\\ 2\\end{pmatrix}", "\\begin{pmatrix}1.0 \\\\ 2\\end{pmatrix}"),
+    ("3+4i", "4i+3"),  # complex
+    ("90^\\circ", "90"),  # degrees and units
+    ("125 miles", "125"),
+    ("\\text{Evelyn}", "Evelyn"),  # text answers
+    ("C", "The answer is (C)."),  # multiple choice
+    ("120", "5!"),  # factorials and binomials
+    ("10", "\\binom{5}{2}"),
+    ("1 \\pm \\sqrt{2}", "\\{1+\\sqrt{2}, 1-\\sqrt{2}\\}"),
+]
+NOT_EQUAL = [
+    ("7425000", "7,425,001"),
+    ("1/3", "0.3"),
+    ("2.23", "2.232"),
+    ("5", "5.001"),
+    ("(1, 2)", "(2, 1)"),  # tuples are ordered
+    ("[0, 1)", "[0, 1]"),
+    ("\\{1, 2\\}", "\\{1, 3\\}"),
+    ("x^2+2x+1", "x^3+2x+1"),
+    ("7 = 11a + c", "11a + c"),
+    ("\\frac{1}{2^{99}}", "\\frac{1}{2^{98}}"),
+    ("C", "The answer is (A)."),
+    ("odd", "\\text{oddd}"),
+    ("40/9", "4 4/9%"),
+    ("11", "11 6/6"),
+]
+
+
+@pytest.mark.parametrize(("gold", "pred"), EQUAL)
+def test_equal(gold, pred):
+    assert verify(gold, pred), (gold, pred)
+
+
+@pytest.mark.parametrize(("gold", "pred"), NOT_EQUAL)
+def test_not_equal(gold, pred):
+    assert not verify(gold, pred), (gold, pred)
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        ("<think>x</think><answer>42</answer>", "42"),
+        ("so we get \\boxed{\\frac{1}{2}} and done", "\\frac{1}{2}"),
+        ("hence \\fbox{7}.", "7"),
+        ("Final Answer: The final answer is $12$. I hope it is correct.", "12"),
+        ("We find $x$ and then \\(3\\)", "3"),
+        ("Then \\[ 9 \\]", "9"),
+        ("so there are 13 birds", "13"),
+    ],
+)
+def test_extract(completion, expected):
+    assert extract_answer(completion) == expected
+
+
+def test_unparseable_gold_abstains_and_missing_answer_scores_zero():
+    assert check("\\frac{", "1") is None
+    reward = REWARDS.get("math_accuracy")
+    assert reward(["p", "p"], ["no answer here", "\\boxed{3}"], answer=["3", "\\frac{"]) == [0.0, None]
+
+
+MARKER = "/tmp/r1kit_math_pwned"
+
+
+@pytest.mark.parametrize(
+    "pred",
+    [
+        "\\boxed{__import__('os').system('touch /tmp/r1kit_math_pwned')}",
+        "<answer>__import__('os').system('touch /tmp/r1kit_math_pwned')</answer>",
+        "__import__('os').system('touch /tmp/r1kit_math_pwned')",
+        "$__import__('os').system('touch /tmp/r1kit_math_pwned')$",
+    ],
+)
+def test_model_text_is_never_executed(pred):
+    if os.path.exists(MARKER):
+        os.remove(MARKER)
+    assert not verify("0", pred)
+    assert not verify("x", pred)
+    assert not os.path.exists(MARKER)
+
+
+@pytest.mark.parametrize(
+    "pred",
+    [
+        "2^{2^{2^{2^{2^{2}}}}}",
+        "10^{10^{10}}",
+        "\\boxed{9^{9^{9^{9}}}}",
+        "+".join(["x"] * 3000),
+        "(" * 400 + "1" + ")" * 400,
+        "1" * 1_000_000,
+        "\\boxed{" + "a" * 1_000_000 + "}",
+    ],
+)
+def test_pathological_inputs_are_false_within_the_limit(pred):
+    t = time.monotonic()
+    assert not verify("3", pred)
+    assert time.monotonic() - t <= 3.0
+
+
+def test_batch_and_threads():
+    golds, preds = ["1/2", "3", "x+1"] * 4, ["0.5", "4", "1+x"] * 4
+    expected = [True, False, True] * 4
+    assert verify_batch(golds, preds) == expected
+    with ThreadPoolExecutor(4) as ex:
+        assert list(ex.map(verify, golds, preds)) == expected
+
+
+def _score(args):
+    reward = REWARDS.get("math_accuracy")
+    return reward(["p"], [args[1]], answer=[args[0]])[0]
+
+
+def test_reward_in_worker_processes():
+    import rewards  # noqa: F401
+
+    with ProcessPoolExecutor(2) as ex:
+        assert list(ex.map(_score, [("\\sqrt{4}", "2"), ("x^2", "x \\cdot x"), ("3", "4")])) == [1.0, 1.0, 0.0]
