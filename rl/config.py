@@ -230,6 +230,27 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class MoEConfig:
+    """Routing controls for Mixture-of-Experts policies (ignored by dense models unless a feature is requested)."""
+
+    telemetry: bool = True
+    """Log per-step routing metrics: ``moe/flip_rate``, ``moe/load_max_over_mean``, ``moe/load_entropy/layer_i``,
+    ``moe/expert_load`` (definitions in ``rl/moe/control.py``)."""
+    routing_replay: bool = False
+    """Record each token's top-k experts in the old-policy forward and force them in the training forwards (GSPO's
+    Routing Replay); gate weights still come from the live router. Adds the old-policy forward to on-policy steps."""
+    router_aux_loss_coef: float = 0.0
+    """Weight of the load-balancing loss (Switch eq. 4, over real tokens, mean over MoE layers) added to the policy
+    loss; 0 disables it. With LoRA the routers are frozen, so it only shapes the adapters feeding them."""
+    freeze_router: bool = False
+    """``requires_grad = False`` on router weights (full fine-tuning; LoRA never adapts routers anyway)."""
+
+    def __post_init__(self) -> None:
+        c = self.router_aux_loss_coef
+        _check(math.isfinite(c) and c >= 0, f"moe.router_aux_loss_coef: must be a number >= 0, got {c}")
+
+
+@dataclass(frozen=True)
 class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -238,6 +259,7 @@ class RecipeConfig:
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
 
     def __post_init__(self) -> None:
         mb = self.algorithm.mini_batch_size or self.algorithm.batch_size
