@@ -129,6 +129,13 @@ class AlgorithmConfig:
     """KL coefficient to the reference model; 0 loads no reference (DAPO, Dr. GRPO)."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     """Per-token KL estimator (k3 is GRPO's)."""
+    dynamic_sampling: bool = False
+    """DAPO dynamic sampling: drop groups whose rewards are all equal (zero advantage) and sample more prompts until
+    the batch holds batch_size / num_generations informative groups (reward metrics still cover every group)."""
+    max_sampling_rounds: int = 3
+    """Generation rounds per step allowed to dynamic sampling; if still short, the step trains on what it has."""
+    mask_truncated: bool = False
+    """DAPO overlong filtering: completions cut at rollout.max_new_tokens are masked out of the loss."""
 
     def __post_init__(self) -> None:
         from rl.advantages import ADVANTAGES
@@ -148,6 +155,8 @@ class AlgorithmConfig:
         )
         _check(self.num_iterations >= 1, f"algorithm.num_iterations: must be >= 1, got {self.num_iterations}")
         _check(self.beta >= 0, f"algorithm.beta: must be >= 0, got {self.beta}")
+        rounds = self.max_sampling_rounds
+        _check(rounds >= 1, f"algorithm.max_sampling_rounds: must be >= 1, got {rounds}")
         for name in ("clip_low", "clip_high"):
             v = getattr(self, name)
             _check(v is None or v >= 0, f"algorithm.{name}: must be >= 0, got {v}")
