@@ -96,7 +96,7 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         raise
     except ValueError as e:  # __post_init__ validation: name the section
         raise ConfigError(f"{prefix + '.' if prefix and not str(e).startswith(prefix) else ''}{e}") from None
-    except TypeError as e:
+    except TypeError:
         missing = [f for f, spec in fields.items() if f not in data and _required(spec)]
         if missing:
             raise ConfigError(f"{_join(prefix, missing[0])}: required, but the recipe does not set it") from None

@@ -59,7 +59,17 @@ def tiny_recipe_run(tmp_path_factory, _fresh_r1kit_cache):
     out = tmp_path_factory.mktemp("tiny-recipe-run") / "run"
     recipe = Path(__file__).parents[1] / "recipes" / "r1_zero_tiny.yaml"
     subprocess.run(
-        [sys.executable, "-m", "rl.cli", "train", str(recipe), "--output-dir", str(out), "--set", "logging.progress=false"],
+        [
+            sys.executable,
+            "-m",
+            "rl.cli",
+            "train",
+            str(recipe),
+            "--output-dir",
+            str(out),
+            "--set",
+            "logging.progress=false",
+        ],
         check=True,
         cwd=Path(__file__).parents[1],
     )

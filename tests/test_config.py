@@ -20,7 +20,10 @@ RECIPES = sorted(Path(__file__).parents[1].joinpath("recipes").glob("*.yaml"))
         ("algorithm.mini_batch_size=48", r"algorithm\.mini_batch_size: 48 must divide algorithm\.batch_size=64"),
         ("training.lr=-0.001", r"training\.lr: must be a positive number"),
         ("training.max_steps=ten", r"training\.max_steps: expected an integer, got str"),
-        ("algorithm.num_generatons=4", r"unknown key 'algorithm\.num_generatons'; did you mean 'algorithm\.num_generations'"),
+        (
+            "algorithm.num_generatons=4",
+            r"unknown key 'algorithm\.num_generatons'; did you mean 'algorithm\.num_generations'",
+        ),
         ("algorithm.loss=ppo", r"algorithm\.loss: unknown 'ppo'; known: \[.*'grpo'"),
         ("model.finetune=qlora", r"model\.finetune: 'qlora' is not one of \['lora', 'full'\]"),
         ("rewards.rules=[{name: math_accuracy, wieght: 2}]", r"did you mean 'rewards\.rules\[0\]\.weight'"),
