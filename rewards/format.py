@@ -22,7 +22,6 @@ from rewards.math.verify import DEFAULT_TIMEOUT_S, check_batch
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 _NO_TAG = r"(?:(?!</?(?:think|answer)>).)*"  # block content: anything but another R1 tag
 _STRICT_RE = re.compile(rf"\s*<think>({_NO_TAG})</think>\s*<answer>({_NO_TAG})</answer>\s*", re.S)
-_SOFT_RE = re.compile(r"<think>.*?</think>.*?<answer>.*?</answer>", re.S)
 
 
 def completion_text(completion: str | Sequence[dict[str, Any]]) -> str:
@@ -69,7 +68,18 @@ def r1_format_soft(prompts: list, completions: list, **kwargs: Any) -> list[floa
     ...     "<answer>4</answer><think>x</think>", "<think>x</think>4"])
     [1.0, 0.0, 0.0]
     """
-    return [float(_SOFT_RE.search(text) is not None) for text in _texts(completions)]
+    return [float(_tags_in_order(text)) for text in _texts(completions)]
+
+
+def _tags_in_order(text: str) -> bool:
+    # Earliest match of each tag after the previous one: linear, where a lazy regex backtracks on many tags.
+    pos = 0
+    for tag in _TAGS:
+        pos = text.find(tag, pos)
+        if pos < 0:
+            return False
+        pos += len(tag)
+    return True
 
 
 @register_reward("tag_count")
