@@ -155,7 +155,9 @@ def _lm_batch(tokenizer, pairs: list[tuple[str, str]]) -> tuple[torch.Tensor, to
     return ids, (ids != tokenizer.pad_token_id).long() | (labels != -100).long(), labels
 
 
-def pretrain(model, tokenizer, pairs: list[tuple[str, str]], cfg: PretrainConfig, progress: bool = True) -> list[float]:
+def pretrain(
+    model, tokenizer, pairs: list[tuple[str, str]], cfg: PretrainConfig, progress: bool = True
+) -> list[float]:
     from tqdm.auto import tqdm
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.98))
@@ -188,7 +190,9 @@ def parse_tiny_ref(ref: str) -> tuple[str, str]:
     body = ref.removeprefix("tiny://")
     family, _, task = body.partition("/")
     if not family or not task:
-        raise ValueError(f"model.name_or_path: {ref!r} must look like tiny://<family>/<task>, e.g. tiny://deepseek_v3/arith")
+        raise ValueError(
+            f"model.name_or_path: {ref!r} must look like tiny://<family>/<task>, e.g. tiny://deepseek_v3/arith"
+        )
     TINY_FAMILIES.get(family)
     return family, task
 
@@ -215,7 +219,13 @@ def ensure_tiny_base(ref: str, *, eval_seed: int, n_eval: int, cfg: PretrainConf
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    meta = {"ref": ref, "params": n_params, "final_loss": losses[-1], "seconds": time.time() - t0, "key": json.loads(key)}
+    meta = {
+        "ref": ref,
+        "params": n_params,
+        "final_loss": losses[-1],
+        "seconds": time.time() - t0,
+        "key": json.loads(key),
+    }
     (tmp / "r1kit_tiny.json").write_text(json.dumps(meta, indent=2))
     try:
         tmp.rename(out)

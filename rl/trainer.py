@@ -342,4 +342,3 @@ def run_dir_for(cfg: RecipeConfig, recipe_path: str | Path | None, output_dir: s
     if cfg.logging.output_dir:
         return Path(cfg.logging.output_dir)
     return Path("runs") / (Path(recipe_path).stem if recipe_path else "default")
-

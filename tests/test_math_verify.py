@@ -43,6 +43,30 @@ EQUAL = [
     ("120", "5!"),  # factorials and binomials
     ("10", "\\binom{5}{2}"),
     ("1 \\pm \\sqrt{2}", "\\{1+\\sqrt{2}, 1-\\sqrt{2}\\}"),
+    # roots are no bigger than their radicands: the size guard must let nested and fractional powers through
+    ("\\frac{1}{\\sqrt{\\sqrt{5}+\\sqrt{7}}}", "\\frac{1}{\\sqrt{\\sqrt{7}+\\sqrt{5}}}"),
+    ("10^{\\frac{1+\\sqrt{5}}{2}}", "10^{\\frac{\\sqrt{5}+1}{2}}"),
+    ("\\sqrt[3]{y}^2", "y^{2/3}"),
+    # matrix arithmetic in the prediction is carried out
+    (
+        "\\begin{pmatrix}3 & 0 \\\\ 0 & 5\\end{pmatrix}",
+        "\\begin{pmatrix}1 & 0 \\\\ 0 & 2\\end{pmatrix} + \\begin{pmatrix}2 & 0 \\\\ 0 & 3\\end{pmatrix}",
+    ),
+    (
+        "\\begin{pmatrix}2 & 0 \\\\ 0 & 6\\end{pmatrix}",
+        "\\begin{pmatrix}1 & 0 \\\\ 0 & 2\\end{pmatrix} \\begin{pmatrix}2 & 0 \\\\ 0 & 3\\end{pmatrix}",
+    ),
+    ("15", "15%"),  # a whole-number percentage for a gold written without the sign
+    ("(1, 2), (3, 4)", "(3, 4), (1, 2), (1,2)"),  # order-free lists are sets: a repeated part counts once
+    ("x = 1, y = 2", "y = 2, x = 1"),  # named values match by name
+    ("4, 9 or 12", "12, 9, 4"),  # "or" joins comma lists into one list
+    ("a < b < c", "c > b > a"),  # inequality chains
+    ("2 \\le |t| \\le 5", "t \\in [-5, -2] \\cup [2, 5]"),  # bounds on |t| are two intervals
+    ("0 \\le |t| \\le 3", "[-3, 3]"),
+    ("2, 4, 6, \\ldots", "2, 4, 6, ..."),
+    ("23456", "$23{,}456$"),  # LaTeX thousands separators
+    ("23456", "23 {, } 456"),
+    ("12.5", "so it's not 7 but 12.5kg"),  # prose around a number is not an expression
 ]
 NOT_EQUAL = [
     ("7425000", "7,425,001"),
@@ -59,6 +83,14 @@ NOT_EQUAL = [
     ("odd", "\\text{oddd}"),
     ("40/9", "4 4/9%"),
     ("11", "11 6/6"),
+    ("\\frac{1}{1000!}", "\\frac{1}{1001!}"),  # both underflow as floats
+    ("2.5", "2.5%"),  # the sign may only be dropped for whole numbers
+    ("1/3", "1/3%"),
+    ("x = 1, y = 2", "x = 2, y = 1"),
+    ("a < b < c", "b < a < c"),
+    ("2 \\le |t| \\le 5", "[2, 5]"),
+    ("15", "3 5"),  # numbers side by side are not a product
+    ("2, 4, 6", "2, 4, 6, ..."),  # an open-ended list is not the finite one
 ]
 
 
@@ -90,6 +122,9 @@ def test_extract(completion, expected):
 
 def test_unparseable_gold_abstains_and_missing_answer_scores_zero():
     assert check("\\frac{", "1") is None
+    # ... unless the prediction states it verbatim
+    assert check("\\weird{3}", "\\weird{3}") is True
+    assert check("\\weird{3}", "\\weird{4}") is None
     reward = REWARDS.get("math_accuracy")
     assert reward(["p", "p"], ["no answer here", "\\boxed{3}"], answer=["3", "\\frac{"]) == [0.0, None]
 
@@ -119,6 +154,8 @@ def test_model_text_is_never_executed(pred):
     [
         "2^{2^{2^{2^{2^{2}}}}}",
         "10^{10^{10}}",
+        "\\begin{pmatrix}1 & 1 \\\\ 1 & 0\\end{pmatrix}^{1000000}",  # matrix arithmetic is size-checked too
+        "\\begin{pmatrix}9^{9^{9}} & 1 \\\\ 1 & 0\\end{pmatrix} + \\begin{pmatrix}1 & 1 \\\\ 1 & 0\\end{pmatrix}",
         "\\boxed{9^{9^{9^{9}}}}",
         "+".join(["x"] * 3000),
         "(" * 400 + "1" + ")" * 400,

@@ -115,7 +115,12 @@ def choice_of(text: str) -> str | None:
 
 
 def decide(gold: Node, preds: tuple[Node, ...], use_sympy: bool) -> bool | None:
-    """None when the gold itself does not parse; else whether the first parseable candidate equals it."""
+    """None when the gold itself does not parse; else whether the first parseable candidate equals it.
+
+    A first candidate that is the gold verbatim is equal even when sympy cannot read either.
+    """
+    if preds and preds[0] == gold:
+        return True
     if not valid(gold, use_sympy):
         return None
     for node in preds:
