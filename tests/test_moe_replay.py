@@ -8,6 +8,8 @@ the *live* logits at those experts.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -275,3 +277,68 @@ def test_freeze_router():
     ctl.remove()
     assert all(not p.requires_grad for s in find_routers(model) for p in s.module.parameters())
     assert any(p.requires_grad for p in model.parameters())
+
+
+# ------------------------------------------------------------------ through the trainer
+def _trainer_cfg(model_dir: str, *extra: str):
+    from pathlib import Path
+
+    from rl.config import load_recipe
+
+    reward = f"{Path(__file__).with_name('rewards_for_tests.py')}:digit_share"
+    return load_recipe(
+        None,
+        [
+            f"model.name_or_path={model_dir}", "model.finetune=full",
+            "data.task=arith", "data.num_train=64", "data.num_eval=0",
+            "rollout.max_new_tokens=10",
+            "algorithm.num_generations=4", "algorithm.batch_size=8",
+            f"rewards.rules=[{{name: '{reward}'}}]",
+            "training.max_steps=1", "training.lr=0.02", "training.torch_threads=2", "logging.progress=false",
+            *extra,
+        ],
+    )  # fmt: skip
+
+
+def test_trainer_replay_on_policy_ratio_is_one(tiny_random_model_dir, tmp_path):
+    """Replay adds the recording forward to an on-policy step; its single update's GSPO ratio is 1 (no clipping
+    even at GSPO's 3e-4 range) and no expert flips."""
+    from rl.trainer import GRPOTrainer
+
+    cfg = _trainer_cfg(tiny_random_model_dir("qwen2_moe"), "algorithm.loss=gspo", "moe.routing_replay=true")
+    m = GRPOTrainer(cfg, tmp_path).train_step()
+    assert abs(m["ratio_mean"] - 1) < 1e-5 and m["clip_frac"] == 0.0
+    assert m["moe/flip_rate"] == 0.0 and m["moe/replay_override_rate"] == 0.0
+
+
+@pytest.mark.parametrize("replay", [False, True])
+def test_trainer_off_policy_flip_rate(tiny_random_model_dir, tmp_path, replay):
+    """Two passes in mini-batches of 4: later updates see moved routers. Flips > 0 without replay, exactly 0 with."""
+    from rl.trainer import GRPOTrainer
+
+    cfg = _trainer_cfg(
+        tiny_random_model_dir("deepseek_v3"), "algorithm.num_iterations=2", "algorithm.mini_batch_size=4",
+        "training.micro_batch_size=2", f"moe.routing_replay={str(replay).lower()}", "moe.router_aux_loss_coef=0.01",
+    )  # fmt: skip
+    m = GRPOTrainer(cfg, tmp_path).train_step()
+    assert math.isfinite(m["loss"]) and m["moe/aux_loss"] > 0
+    assert len(m["moe/expert_load"]) == 3 and m["moe/expert_load_layers"] == [1, 2, 3]  # layer 0 is dense
+    if replay:
+        assert m["moe/flip_rate"] == 0.0 and m["moe/replay_override_rate"] > 0
+    else:
+        assert m["moe/flip_rate"] > 0
+
+
+def test_load_balancing_loss_matches_transformers_for_one_layer():
+    from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
+
+    from rl.moe.metrics import load_balancing_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2 * 5, 8, generator=g)
+    mask = torch.ones(2, 5)
+    mask[0, :2] = 0
+    idx = torch.softmax(logits, -1).topk(2, dim=-1).indices
+    ours = load_balancing_loss(torch.softmax(logits, -1), idx, mask.reshape(-1))
+    theirs = load_balancing_loss_func((logits,), 8, 2, mask)
+    torch.testing.assert_close(ours, theirs)
