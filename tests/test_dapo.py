@@ -86,3 +86,34 @@ def test_without_dynamic_sampling_one_round_keeps_all():
     s = collect_groups(fake.generate, fake.score, prompts=2, dynamic=False, max_rounds=3)
     assert fake.calls == [2] and s.keep_B.all()
     assert not any(k.startswith("dynamic_sampling/") for k in s.metrics)
+
+
+def has_seven(prompts, completions, **kwargs):
+    """Binary reward for the trainer test below: some random-model groups are all 0 (dropped), some mixed."""
+    return [float("7" in c) for c in completions]
+
+
+def test_trainer_step_with_dynamic_sampling_and_overlong_filtering(tiny_random_model_dir, tmp_path):
+    import math
+    from pathlib import Path
+
+    from rl.config import load_recipe
+    from rl.trainer import GRPOTrainer
+
+    cfg = load_recipe(
+        None,
+        [
+            f"model.name_or_path={tiny_random_model_dir('qwen3_moe')}",
+            "data.task=arith", "data.num_train=64", "data.num_eval=0", "rollout.max_new_tokens=10",
+            "algorithm.num_generations=4", "algorithm.batch_size=8", "algorithm.loss=dapo",
+            "algorithm.dynamic_sampling=true", "algorithm.max_sampling_rounds=3", "algorithm.mask_truncated=true",
+            f"rewards.rules=[{{name: '{Path(__file__)}:has_seven'}}]",
+            "training.max_steps=1", "training.torch_threads=2", "logging.progress=false",
+        ],
+    )  # fmt: skip
+    trainer = GRPOTrainer(cfg, tmp_path)
+    m = trainer.train_step()
+    assert 1 <= m["dynamic_sampling/rounds"] <= 3
+    assert m["dynamic_sampling/missing_groups"] + 2 - m["dynamic_sampling/surplus_groups"] >= 0
+    assert math.isfinite(m["loss"])
+    assert trainer.sampler.position >= 2  # every round's prompts are consumed from the sampler

@@ -318,7 +318,7 @@ def test_trainer_off_policy_flip_rate(tiny_random_model_dir, tmp_path, replay):
 
     cfg = _trainer_cfg(
         tiny_random_model_dir("deepseek_v3"), "algorithm.num_iterations=2", "algorithm.mini_batch_size=4",
-        "training.micro_batch_size=2", f"moe.routing_replay={str(replay).lower()}", "moe.router_aux_loss_coef=0.01",
+        f"moe.routing_replay={str(replay).lower()}", "moe.router_aux_loss_coef=0.01",
     )  # fmt: skip
     m = GRPOTrainer(cfg, tmp_path).train_step()
     assert math.isfinite(m["loss"]) and m["moe/aux_loss"] > 0
