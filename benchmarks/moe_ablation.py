@@ -1,7 +1,7 @@
 """Routing ablation on the tiny recipe: grpo vs gspo vs grpo + routing replay (+ gspo + replay), same seed and budget.
 
 Each variant is ``r1kit train recipes/r1_zero_tiny.yaml`` with the same overrides: full fine-tuning (routers and
-experts move) and off-policy updates (``num_iterations=2`` passes in mini-batches of 16 -> 8 updates per step), so
+experts move) and off-policy updates (``num_iterations=2`` passes in mini-batches of 32 -> 4 updates per step), so
 experts can flip between the old-policy forward and later updates. Prints one JSON object: per-variant summary and
 per-step curves; ``--plot`` writes the figure used in docs/moe.md.
 
@@ -30,8 +30,8 @@ COMMON = [
     "model.finetune=full",  # routers and experts train: the setting where routing drifts most
     "training.lr=1e-4",  # full fine-tuning of the tiny base; the recipe's 5e-4 is for LoRA
     "algorithm.num_iterations=2",  # mu = 2 passes ...
-    "algorithm.mini_batch_size=16",  # ... of 4 mini-batches each: 8 updates per rollout batch, 7 off-policy
-    "logging.eval_every=5",
+    "algorithm.mini_batch_size=32",  # ... of 2 mini-batches each: 4 updates per rollout batch, 3 off-policy
+    "logging.eval_every=10",
     "logging.save_every=0",
     "logging.progress=false",
 ]
@@ -50,6 +50,8 @@ def run_variant(name: str, overrides: list[str], steps: int, out: Path, threads:
     summary = json.loads((run_dir / "summary.json").read_text())
     curves = {k: [r.get(k) for r in rows] for k in CURVES}
     evals = [(r["step"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r]
+    if not evals or evals[-1][0] != len(rows):
+        evals.append((len(rows), summary["final_accuracy"]))
     return {
         "overrides": COMMON + overrides,
         "base_accuracy": summary["base_accuracy"],
@@ -81,6 +83,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    color = {name: f"C{i}" for i, name in enumerate(VARIANTS)}  # fixed per variant, across panels
     panels = [("reward", "training reward (all sampled completions)"), ("moe/flip_rate", "moe/flip_rate"),
               ("clip_frac", "clip fraction (token for grpo, sequence for gspo)"),
               ("moe/replay_override_rate", "live-router flips replay overrode")]  # fmt: skip
@@ -88,14 +91,14 @@ def plot(results: dict, path: Path) -> None:
         for name, r in results.items():
             ys = r["curves"][key]
             if any(y is not None for y in ys):
-                ax.plot(range(1, len(ys) + 1), ys, label=name, marker=".", linewidth=1)
+                ax.plot(range(1, len(ys) + 1), ys, label=name, marker=".", linewidth=1, color=color[name])
         ax.set_title(title)
         ax.set_xlabel("step")
     axes[0, 0].legend()
     ax = axes[1, 1]
     for name, r in results.items():
         steps, acc = zip(*([(0, r["base_accuracy"])] + [tuple(e) for e in r["eval_accuracy"]]), strict=True)
-        ax.plot(steps, acc, label=name, marker="o")
+        ax.plot(steps, acc, label=name, marker="o", color=color[name])
     ax.set_title("held-out greedy accuracy")
     ax.set_xlabel("step")
     ax = axes[1, 2]
@@ -120,7 +123,11 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=1, help="variants run in parallel (processes)")
     p.add_argument("--threads", type=int, default=2, help="torch threads per run")
     p.add_argument("--plot", type=Path, help="write the figure here (e.g. docs/moe_ablation.png)")
+    p.add_argument("--replot", type=Path, help="only redraw --plot from a JSON this script printed")
     args = p.parse_args()
+    if args.replot:
+        plot(json.loads(args.replot.read_text())["results"], args.plot)
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = {v: pool.submit(run_variant, v, VARIANTS[v], args.steps, args.out, args.threads)
