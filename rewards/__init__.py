@@ -6,3 +6,5 @@ Importing this package registers the built-in rules.
 from rewards.base import REWARDS, DetailedReward, Scored, load_reward, register_reward
 
 __all__ = ["REWARDS", "DetailedReward", "Scored", "load_reward", "register_reward"]
+
+import rewards.code  # noqa: E402,F401  -- registers code_accuracy and code_all_pass
