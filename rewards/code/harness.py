@@ -19,7 +19,10 @@ import os
 import signal
 import sys
 
-import confine
+try:
+    import confine  # inside the sandbox: a sibling on sys.path
+except ImportError:  # imported as rewards.code.harness (doctest collection, tools)
+    from rewards.code import confine
 
 _STATUS_MEMORY = "memory"
 
