@@ -42,8 +42,8 @@ def run(
     program: str,
     tests: Any,
     *,
-    timeout_s: float = 3.0,
-    memory_mb: int = 512,
+    timeout_s: float | None = None,
+    memory_mb: int | None = None,
     backend: str | None = None,
     stop_on_fail: bool = False,
     float_tol: float | None = None,
@@ -52,13 +52,15 @@ def run(
 ) -> CodeResult:
     """Run ``program`` (Python source) against ``tests`` (a test dict or its JSON string) in the sandbox.
 
-    ``backend`` forces a tier (``bwrap``, ``unshare``, ``process``, ``rlimits``) instead of the one chosen at
-    start-up. Asserts that cannot be turned into function cases run in the sandbox only with
-    ``allow_forgeable=True`` and their outcomes say ``forgeable``; otherwise they are left out (``skipped``).
+    ``timeout_s`` (per case) and ``memory_mb`` (per process) override the same fields of ``limits`` (default: the
+    pool's ``Limits()``: 3 s, 512 MB). ``backend`` forces a tier (``bwrap``, ``unshare``, ``process``,
+    ``rlimits``) instead of the one chosen at start-up. Asserts that cannot be turned into function cases run
+    in the sandbox only with ``allow_forgeable=True`` and their outcomes say ``forgeable``; otherwise they are
+    left out (``skipped``).
     """
     sandbox = get_sandbox()
     base = limits or sandbox.limits
-    limits = dataclasses.replace(base, timeout_s=timeout_s, memory_mb=memory_mb)
+    limits = dataclasses.replace(base, timeout_s=timeout_s or base.timeout_s, memory_mb=memory_mb or base.memory_mb)
     cases, skipped = _cases(tests, allow_forgeable)
     tier = TIERS.get(backend) if backend is not None else None
     if not cases:

@@ -100,7 +100,10 @@ class SlotCgroup:
     def pids(self) -> set[int]:
         found: set[int] = set()
         for f in self.procs_files:
-            found.update(int(p) for p in f.read_text().split())
+            try:
+                found.update(int(p) for p in f.read_text().split())
+            except FileNotFoundError:  # already removed (close() after an outside cleanup)
+                pass
         return found
 
     def kill_all(self, timeout_s: float = 5.0) -> bool:

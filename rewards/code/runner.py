@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -159,6 +160,7 @@ class Sandbox:
         backend: str | None = None,
         allow_weak: bool = False,
         limits: Limits | None = None,
+        candidates: Sequence[str] | None = None,
     ) -> None:
         self.limits = limits or Limits()
         self.python = sandbox_python()
@@ -174,7 +176,11 @@ class Sandbox:
         self._probed: dict[str, str | None] = {}
         self._lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="r1kit-sandbox")
-        self.tier = self._choose(backend, allow_weak)
+        try:
+            self.tier = self._choose(backend, allow_weak, candidates)
+        except SandboxUnavailableError:
+            self.close()  # undo mounts and cgroups before failing
+            raise
         log.info(
             "code sandbox: tier %s, %d slots, landlock ABI %d, cgroup %s, tmpfs %s",
             self.tier.name,
@@ -213,14 +219,16 @@ class Sandbox:
                 == 0
             )
             os.chown(workdir, uid, uid)
-        cgroup = SlotCgroup.create(f"r1kit-{os.getpid()}-slot{index}", uid) if root else None
+        cgroup = SlotCgroup.create(f"r1kit-{os.getpid()}-uid{uid}", uid) if root else None
         return Slot(index, uid, workdir, tmpfs, cgroup)
 
-    def _choose(self, backend: str | None, allow_weak: bool) -> Tier:
+    def _choose(self, backend: str | None, allow_weak: bool, candidates: Sequence[str] | None) -> Tier:
         if backend is not None:
             return self._require(TIERS.get(backend))
         reasons = []
         for tier in ordered_tiers():
+            if candidates is not None and tier.name not in candidates:
+                continue
             if tier.weak and not allow_weak:
                 reasons.append(f"{tier.name}: weakest tier, needs allow_weak=True")
                 continue
@@ -259,11 +267,13 @@ class Sandbox:
     def close(self) -> None:
         self.pool.shutdown(wait=True)
         for s in self.slots:
-            self._kill_slot(s)
-            if s.cgroup is not None:
-                s.cgroup.remove()
-            if s.tmpfs:
-                subprocess.run(["umount", str(s.workdir)], capture_output=True)
+            try:
+                self._kill_slot(s)
+            finally:  # never leave mounts or cgroups behind, even when a kill failed
+                if s.cgroup is not None:
+                    s.cgroup.remove()
+                if s.tmpfs:
+                    subprocess.run(["umount", "--lazy", str(s.workdir)], capture_output=True)
         shutil.rmtree(self._root, ignore_errors=True)
 
     # -- one run --------------------------------------------------------------------------------------------
