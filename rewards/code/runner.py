@@ -15,6 +15,7 @@ import os
 import queue
 import re
 import secrets
+import select
 import selectors
 import shutil
 import signal
@@ -164,6 +165,7 @@ class Sandbox:
     ) -> None:
         self.limits = limits or Limits()
         self.python = sandbox_python()
+        self.setpriv = shutil.which("setpriv") if os.geteuid() == 0 else None
         self.landlock_abi = confine.landlock_abi()
         self._root = Path(tempfile.mkdtemp(prefix="r1kit-sandbox-"))
         os.chmod(self._root, 0o755)
@@ -345,11 +347,17 @@ class Sandbox:
         if slot.cgroup is not None:
             slot.cgroup.set_limits(limits.nproc + 4, 2 * (limits.memory_mb << 20) + (limits.tmpfs_mb << 21))
         oom_before = slot.cgroup.oom_kills() if slot.cgroup is not None else 0
-        ids = {"user": slot.uid, "group": slot.uid, "extra_groups": []} if launch.drop_uid else {}
+        argv, ids = launch.argv, {}
+        if launch.drop_uid and self.setpriv:
+            # setpriv drops real/effective/saved uid+gid and groups before exec. Passing user= to Popen instead
+            # would make CPython fork rather than vfork, copying the page tables of a many-GB trainer per run.
+            argv = [self.setpriv, f"--reuid={slot.uid}", f"--regid={slot.uid}", "--clear-groups", "--", *argv]
+        elif launch.drop_uid:
+            ids = {"user": slot.uid, "group": slot.uid, "extra_groups": []}
         env = {**_ENV, "HOME": launch.work_view, "TMPDIR": launch.work_view}
         try:
             proc = subprocess.Popen(
-                launch.argv,
+                argv,
                 cwd=launch.cwd,
                 env=env,
                 stdin=subprocess.PIPE,
@@ -362,11 +370,12 @@ class Sandbox:
             )
         finally:
             os.close(wfd)
+        got: list[Outcome] = []
         try:
             got, ended, err = self._drive(proc, rfd, cfg, todo, limits, nonce, stop_on_fail, float_tol)
         finally:
             os.close(rfd)
-            self._kill_slot(slot, proc)
+            self._kill_slot(slot, proc, grace_s=0.05 if len(got) == len(todo) else 0.0, sweep_uid=tier.helpers)
         if len(got) < len(todo) and not (stop_on_fail and got and got[-1].status != "passed"):
             oom = slot.cgroup is not None and slot.cgroup.oom_kills() > oom_before
             got.append(self._crash_outcome(proc, ended, err, oom))
@@ -462,25 +471,44 @@ class Sandbox:
             return Outcome("timeout", stderr=stderr, error="CPU time limit")
         return Outcome("error", stderr=stderr, error=f"{ended}: process ended before reporting (exit status {rc})")
 
-    def _kill_slot(self, slot: Slot, proc: subprocess.Popen | None = None) -> None:
-        """Kill every process of the slot: its cgroup, then anything left under its uid (setsid'ed daemons
-        included), then reap; finally empty the work dir."""
+    def _kill_slot(
+        self, slot: Slot, proc: subprocess.Popen | None = None, grace_s: float = 0.0, sweep_uid: bool = True
+    ) -> None:
+        """Kill every process of the slot, then reap and empty the work dir. With a cgroup, its member list is
+        complete (the harness joins before any untrusted code exists, and the namespace tiers' own helpers exit
+        with ``proc``); without one, every process of the slot uid is killed (setsid'ed daemons included)."""
+        killed = False
         if proc is not None and proc.poll() is None:
-            try:  # a harness that reported everything exits at once; give it a moment before killing
-                proc.wait(timeout=0.05)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            if grace_s and _wait_exit(proc, grace_s):  # a harness that reported everything exits at once
+                pass
+            else:
+                killed = True
+                for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
+                    try:
+                        kill()
+                    except ProcessLookupError:
+                        pass
         if slot.cgroup is not None and not slot.cgroup.kill_all():
             raise RuntimeError(f"slot {slot.index}: processes survive in its cgroup")
-        if os.geteuid() == 0:
+        # Killed namespace tiers leave bwrap/unshare helpers (outside the cgroup) dying asynchronously.
+        if os.geteuid() == 0 and (slot.cgroup is None or killed or sweep_uid):
             kill_uid(slot.uid)
         if proc is not None:
             proc.wait()
             proc.stderr.close()
         remove_tree_contents(slot.workdir)
+
+
+def _wait_exit(proc: subprocess.Popen, timeout_s: float) -> bool:
+    """Whether ``proc`` exits within ``timeout_s`` (a pidfd wakes us at once; Popen.wait(timeout) polls)."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([pidfd], [], [], timeout_s)[0])
+    finally:
+        os.close(pidfd)
 
 
 def uid_pids(uid: int) -> list[int]:

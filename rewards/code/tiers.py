@@ -46,6 +46,9 @@ class Tier:
     """Returns why this tier cannot work here, or None."""
     launch: Callable[..., Launch]
     weak: bool = False
+    helpers: bool = False
+    """Its launcher (bwrap, unshare) runs as the slot uid outside the slot cgroup and may outlive ``proc``
+    briefly, so the runner also sweeps the uid after every run."""
 
 
 TIERS: Registry[Tier] = Registry("sandbox tier")
@@ -126,8 +129,8 @@ def _rlimits(python, lib_dir, workdir, cgroup_files, tmpfs_bytes, harness_cmd) -
     return Launch(**{**launch.__dict__, "drop_uid": False})
 
 
-TIERS.add("bwrap", Tier("bwrap", 0, _need_binary("bwrap"), _bwrap))
-TIERS.add("unshare", Tier("unshare", 1, _need_binary("unshare"), _unshare))
+TIERS.add("bwrap", Tier("bwrap", 0, _need_binary("bwrap"), _bwrap, helpers=True))
+TIERS.add("unshare", Tier("unshare", 1, _need_binary("unshare"), _unshare, helpers=True))
 TIERS.add("process", Tier("process", 2, _need_root, _process))
 TIERS.add("rlimits", Tier("rlimits", 3, lambda: None, _rlimits, weak=True))
 
