@@ -183,6 +183,11 @@ class Sandbox:
         except SandboxUnavailableError:
             self.close()  # undo mounts and cgroups before failing
             raise
+        if self.landlock_abi == 0 and self.tier.name in ("unshare", "process"):
+            log.warning(
+                "code sandbox: Landlock unavailable; tier %s limits file access by uid permissions only",
+                self.tier.name,
+            )
         log.info(
             "code sandbox: tier %s, %d slots, landlock ABI %d, cgroup %s, tmpfs %s",
             self.tier.name,

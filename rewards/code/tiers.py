@@ -77,7 +77,9 @@ def _need_binary(name: str) -> Callable[[], str | None]:
 
 
 def _bwrap(python, lib_dir, workdir, cgroup_files, tmpfs_bytes, harness_cmd) -> Launch:
-    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    # --as-pid-1: the harness is the namespace's init, so its exit tears the namespace down at once and no
+    # bwrap reaper (outside the slot cgroup) is left to die asynchronously; ~5 ms less per run.
+    argv = ["bwrap", "--unshare-all", "--as-pid-1", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
     for d in _SYSTEM_DIRS:
         if os.path.islink(d):
             argv += ["--symlink", os.readlink(d), d]
