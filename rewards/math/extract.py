@@ -38,6 +38,8 @@ _STATES_RE = re.compile(r"is|:|est|=", re.I)
 _ASSIGN_TAIL_RE = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?\s*=\s*$")
 _SYMBOLS_RE = re.compile(r"[^\w\s=<>\\{}]*")
 _TEXT_WRAP_RE = re.compile(r"\\text\s*\{([^{}]*)\}")
+MAX_PHRASES = 20
+"""Only the last few "answer is" phrases are looked at (a degenerate completion may repeat one thousands of times)."""
 MAX_SENTENCE_CHARS = 200
 """An answer sentence ("Final Answer: The volume of $ABCH$ is 120.") is searched for a quantity up to this long."""
 _SENTENCE_END_RE = re.compile(r"(?<!\d)\.(?:\s|$)|\.\s|\n|;\s|(?<=\$)\s*\.|\bI hope\b")
@@ -110,8 +112,8 @@ def open_boxed(text: str) -> str | None:
 def phrase_answer(text: str) -> tuple[int, list[str]] | None:
     """Where the last "answer is"/"answer:" stands, and what it states: the math or number just after it, or,
     after "Final Answer: The largest $n$ is 34.", the sentence itself then its first quantity."""
-    for m in reversed(list(_PHRASE_RE.finditer(text))):
-        rest = text[m.end() :].lstrip()
+    for m in list(_PHRASE_RE.finditer(text))[::-1][:MAX_PHRASES]:
+        rest = text[m.end() : m.end() + MAX_ANSWER_CHARS].lstrip()
         if not rest:
             continue
         math = _MATH_RE.match(rest)
@@ -152,9 +154,11 @@ def _math_spans(text: str) -> list[tuple[int, int, str]]:
 
 def _blank(text: str, spans: list[tuple[int, int, str]]) -> str:
     """``text`` with the spans replaced by spaces (positions kept)."""
+    out, pos = [], 0
     for a, b, _ in spans:
-        text = text[:a] + " " * (b - a) + text[b:]
-    return text
+        out += [text[pos:a], " " * (b - a)]
+        pos = b
+    return "".join(out) + text[pos:]
 
 
 def math_segments(text: str) -> list[str]:
