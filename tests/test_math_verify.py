@@ -70,6 +70,8 @@ EQUAL = [
     ("12.5", "so it's not 7 but 12.5kg"),  # prose around a number is not an expression
     ("4", "$19 \\bmod 5 = 4$"),  # an equation states its right side even when the left does not parse
     ("\\sqrt{3}", "the answer is sqrt(3)"),
+    ("\\sum_{k=1}^{n} k", "\\frac{n(n+1)}{2}"),  # sums are compared at whole n
+    ("\\prod_{k=1}^{n} k", "n!"),
 ]
 NOT_EQUAL = [
     ("7425000", "7,425,001"),
@@ -96,6 +98,7 @@ NOT_EQUAL = [
     ("2, 4, 6", "2, 4, 6, ..."),  # an open-ended list is not the finite one
     ("0", "$\\sum_{j=0}^m\\bigl(j\\bigr)$"),  # digits inside a formula that does not parse are no answer
     ("9", "We get $x = 3$ here."),
+    ("\\sum_{k=1}^{n} k", "\\frac{n(n-1)}{2}"),
 ]
 
 
