@@ -1,9 +1,15 @@
 """Finding the final answer in a completion: pure string work, no math.
 
 ``answer_candidates`` lists the strings that may hold the answer, best first; the checker uses the first one that
-parses (so ``$\\sum...$ and $42$`` still yields ``42`` when the sum cannot be parsed). Priority:
-``<answer>`` tags, the last ``\\boxed{}``/``\\fbox{}`` (adjacent boxes joined: ``\\boxed{1} and \\boxed{2}``),
-"the answer is ...", delimited math (last first), then the last number in the text.
+parses (so ``$\\sum...$ and $42$`` still yields ``42`` when the sum cannot be parsed). Only the text before a
+chat-turn token (``<|im_start|>``), after ``</think>`` and inside the last ``<answer>`` is searched. Priority:
+
+1. the last ``\\boxed{}``/``\\fbox{}`` (boxes that belong together joined: ``\\boxed{1} and \\boxed{2}``) and the
+   last "the answer is ..." -- the later of the two first; an answer sentence in prose ("Final Answer: The largest
+   $n$ is 34.") gives itself, then its first quantity;
+2. a number stated after the last delimited math ("... $d = 90/n$. So there are 12 sequences.");
+3. delimited math, last first; a short bare answer (the whole text);
+4. the last number outside formulas (digits inside ``$\\sum_{k=0}^n k$`` are not an answer).
 
 >>> answer_candidates("<think>2+2</think><answer>The answer is \\\\boxed{4}.</answer>")[0]
 '4'
