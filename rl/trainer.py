@@ -25,11 +25,14 @@ from rl.kl import KL_ESTIMATORS
 from rl.logprobs import completion_logprobs
 from rl.losses import LOSSES, normaliser
 from rl.modeling import Policy, load_policy, save_final
+from rl.plots import write_plots
 from rl.progress import StepProgress, console, summary_table
 from rl.runlog import MetricsLog, atomic_write_text
+from rl.trackers import open_trackers
 from rollouts.backends import BACKENDS
 from rollouts.data import PromptSampler, PromptSets, load_prompt_sets
 from rollouts.records import RolloutBatch, SequenceTensors, to_tensors
+from rollouts.store import RolloutStore
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +104,16 @@ class GRPOTrainer:
         self.kl_fn = KL_ESTIMATORS.get(a.kl_estimator) if a.beta > 0 else None
         self.sampler = PromptSampler(self.data.train, seed=t.seed)
         self.metrics_log = MetricsLog(self.run_dir / "metrics.jsonl")
+        lg = cfg.logging
+        self.rollout_store = RolloutStore(self.run_dir, every=lg.rollouts_every, max_groups=lg.rollouts_max_groups)
         self.step = 0
         self.base_eval: dict[str, float] | None = None
         self.started = time.time()
         if resume:
             self._resume()
+        self.trackers = open_trackers(
+            lg.trackers, self.run_dir, cfg.to_dict(), project=lg.project, run_name=lg.run_name, start_step=self.step
+        )
 
     # ----------------------------------------------------------------- run
     def train(self) -> dict[str, Any]:
@@ -122,6 +130,7 @@ class GRPOTrainer:
                 if cfg.logging.eval_every and self.step % cfg.logging.eval_every == 0:
                     metrics.update({f"eval/{k}": v for k, v in self.evaluate().items()})
                 self.metrics_log.append({"step": self.step, **metrics})
+                self.trackers.log(self.step, metrics)
                 progress.update(metrics)
                 if save_every and self.step % save_every == 0:
                     self.save_checkpoint()
@@ -148,6 +157,9 @@ class GRPOTrainer:
         }
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         console.print(summary_table(summary))
+        self.trackers.close()
+        if self.cfg.logging.plots:
+            console.print(f"plots: {self.run_dir / 'plots'} ({len(write_plots(self.run_dir).written)} PNGs)")
         return summary
 
     # ---------------------------------------------------------------- step
@@ -165,6 +177,7 @@ class GRPOTrainer:
         t_reward = time.time()
         seq = to_tensors(batch.completions, self.policy.tokenizer.pad_token_id).to(self.device)
         train_metrics = self._update(seq, adv_B.to(self.device), batch)
+        self.rollout_store.write(self.step + 1, batch, scores, adv_B)  # after _update: it fills the logprobs
         t_end = time.time()
         return {
             **reward_metrics(scores, reward_B, group_B),
@@ -282,6 +295,7 @@ class GRPOTrainer:
         self.base_eval = state["base_eval"]
         self.started = time.time() - state.get("elapsed", 0.0)
         self.metrics_log.truncate_after(self.step)
+        self.rollout_store.truncate_after(self.step)
         console.print(f"resumed from {ckpt} (step {self.step})")
 
 
