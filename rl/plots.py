@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from rl.runlog import read_metrics
 
@@ -71,23 +72,29 @@ def _trend(y: pd.Series, higher_is_better: bool | None) -> tuple[str, str]:
     return f"{first:.3g} → {last:.3g} ({arrow} {delta:+.3g})", color
 
 
-def _curve(ax, y: pd.Series, label: str, color: str) -> None:
+def _curve(ax, y: pd.Series, color: str) -> None:
     """Raw per-step values (thin, with markers while they are few) under the smoothed curve (thick)."""
     y = y.astype(float)
     ax.plot(y.index, y.values, color=color, alpha=0.35, lw=1, marker="o" if len(y) <= 60 else None, ms=3,
-            label=f"{label} (raw)")  # fmt: skip
-    ax.plot(y.index, smooth(y).values, color=color, lw=2.5, label=f"{label} (smoothed)")
+            label="raw (per step)")  # fmt: skip
+    ax.plot(y.index, smooth(y).values, color=color, lw=2.5, label="smoothed (EMA)")
 
 
-def _panel(ax, y: pd.Series, *, title: str, ylabel: str, higher_is_better: bool | None, color: str = "C0") -> None:
-    _curve(ax, y, title, color)
+def _panel(
+    ax, y: pd.Series, *, title: str, ylabel: str, higher_is_better: bool | None, color: str = "C0",
+    fraction: bool = False,
+) -> None:  # fmt: skip
+    _curve(ax, y, color)
     text, title_color = _trend(y, higher_is_better)
     first = smooth(y).dropna()
     if not first.empty:  # where it started: "went up" is then visible without reading the axis
         ax.axhline(float(first.iloc[0]), color=FLAT, ls=":", lw=1, label="start (smoothed)")
     ax.set_title(f"{title}: {text}", color=title_color, fontsize=11, fontweight="bold")
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
+    if fraction:  # a share is read against its whole range: 0.02 must not look like a cliff
+        ax.set_ylim(-0.02, min(1.02, max(0.1, 1.2 * float(y.max()))))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
 
@@ -139,7 +146,7 @@ def length_figure(df: pd.DataFrame) -> Figure:
         axes[0].legend(fontsize=8, loc="best")
     if has_trunc:
         _panel(axes[1], df["truncated_frac"], title="truncated (hit max_new_tokens)", ylabel="fraction",
-               higher_is_better=False, color="C3")  # fmt: skip
+               higher_is_better=False, color="C3", fraction=True)  # fmt: skip
     fig.suptitle("Completion length", fontsize=13)
     return fig
 
