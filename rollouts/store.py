@@ -60,7 +60,8 @@ def stored_steps(run_dir: str | Path) -> list[int]:
     return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _STEP_FILE.fullmatch(p.name)))
 
 
-def _json(v: Any) -> str:
+def to_json(v: Any) -> str:
+    """How infos and odd dataset values are stored: stable key order, readable unicode."""
     return json.dumps(v, sort_keys=True, default=str, ensure_ascii=False)
 
 
@@ -69,7 +70,7 @@ def _column(values: list[Any]) -> pa.Array:
     try:
         return pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pa.array([None if v is None else _json(v) for v in values], pa.string())
+        return pa.array([None if v is None else to_json(v) for v in values], pa.string())
 
 
 def rollout_table(
@@ -105,7 +106,7 @@ def rollout_table(
     }
     for label, vals in scores.values.items():
         cols[f"reward/{label}"] = pa.array([vals[i] for i in rows], pa.float64())
-        cols[f"reward_info/{label}"] = pa.array([_json(scores.info[label][i]) for i in rows], pa.string())
+        cols[f"reward_info/{label}"] = pa.array([to_json(scores.info[label][i]) for i in rows], pa.string())
     cols["advantage"] = pa.array([adv[i] for i in rows], pa.float64())
     cols["num_tokens"] = pa.array([c.num_tokens for c in comps], pa.int64())
     cols["finish_reason"] = pa.array([c.finish_reason for c in comps], pa.string())
@@ -143,7 +144,7 @@ def write_table_atomic(table: pa.Table, path: Path) -> None:
 
 
 class RolloutStore:
-    """Writes a step's rollouts to ``RUN/rollouts`` every ``every`` steps (0 = never); ``max_groups`` caps the groups."""
+    """Writes a step's rollouts to ``RUN/rollouts`` every ``every`` steps (0 = never), ``max_groups`` at most."""
 
     def __init__(self, run_dir: str | Path, *, every: int = 1, max_groups: int | None = None) -> None:
         self.run_dir, self.every, self.max_groups = Path(run_dir), every, max_groups
