@@ -170,5 +170,7 @@ def test_sigkill_mid_run_leaves_earlier_steps_loadable(tmp_path):
     assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 2
     df = rollouts.load(run)
     assert df.groupby("step").size().tolist() == [16] * len(steps)
-    assert [m["step"] for m in read_metrics(run / "metrics.jsonl")][:2] == [1, 2]
+    # A step's rollouts are stored before its metrics line is appended, so metrics may be one step behind.
+    logged = [m["step"] for m in read_metrics(run / "metrics.jsonl")]
+    assert logged == list(range(1, len(logged) + 1)) and len(logged) >= len(steps) - 1
     assert all(Path(p).suffix in (".parquet", ".tmp") for p in os.listdir(run / "rollouts"))
