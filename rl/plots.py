@@ -152,10 +152,11 @@ def length_figure(df: pd.DataFrame) -> Figure:
 
 
 def metric_figure(
-    df: pd.DataFrame, key: str, *, title: str, ylabel: str, higher_is_better: bool | None = None
-) -> Figure:
+    df: pd.DataFrame, key: str, *, title: str, ylabel: str, higher_is_better: bool | None = None,
+    fraction: bool = False,
+) -> Figure:  # fmt: skip
     fig = Figure(figsize=(7, 3.6), layout="constrained")
-    _panel(fig.subplots(), df[key], title=title, ylabel=ylabel, higher_is_better=higher_is_better)
+    _panel(fig.subplots(), df[key], title=title, ylabel=ylabel, higher_is_better=higher_is_better, fraction=fraction)
     return fig
 
 
@@ -201,11 +202,11 @@ def expert_load_figure(df: pd.DataFrame) -> Figure:
     return fig
 
 
-# name -> (metric key, title, y label, higher is better); each is drawn when its key was logged.
+# name -> (metric key, title, y label, higher is better, is a fraction); each is drawn when its key was logged.
 SCALAR_PLOTS = {
-    "kl": ("kl", "KL to the reference policy", "KL (per token)", None),
-    "clip_frac": ("clip_frac", "clipped fraction of ratios", "fraction", None),
-    "entropy": ("entropy", "policy entropy", "nats per token", None),
+    "kl": ("kl", "KL to the reference policy", "KL (per token)", None, False),
+    "clip_frac": ("clip_frac", "clipped fraction of ratios", "fraction", None, True),
+    "entropy": ("entropy", "policy entropy", "nats per token", None, False),
 }
 
 
@@ -232,9 +233,9 @@ def figures(run_dir: str | Path) -> tuple[dict[str, Figure], dict[str, str]]:
         figs["completion_length"] = length_figure(df)
     else:
         skipped["completion_length"] = "no completion_len metric"
-    for name, (key, title, ylabel, better) in SCALAR_PLOTS.items():
+    for name, (key, title, ylabel, better, fraction) in SCALAR_PLOTS.items():
         if key in df and df[key].notna().any():
-            figs[name] = metric_figure(df, key, title=title, ylabel=ylabel, higher_is_better=better)
+            figs[name] = metric_figure(df, key, title=title, ylabel=ylabel, higher_is_better=better, fraction=fraction)
         else:
             skipped[name] = f"{key!r} not logged" + (" (algorithm.beta = 0: no KL term)" if key == "kl" else "")
     if EXPERT_LOAD in df and df[EXPERT_LOAD].notna().any():
