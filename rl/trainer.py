@@ -177,8 +177,8 @@ class GRPOTrainer:
         t_reward = time.time()
         seq = to_tensors(batch.completions, self.policy.tokenizer.pad_token_id).to(self.device)
         train_metrics = self._update(seq, adv_B.to(self.device), batch)
-        self.rollout_store.write(self.step + 1, batch, scores, adv_B)  # after _update: it fills the logprobs
         t_end = time.time()
+        self.rollout_store.write(self.step + 1, batch, scores, adv_B)  # after _update: it fills the logprobs
         return {
             **reward_metrics(scores, reward_B, group_B),
             **train_metrics,
@@ -331,4 +331,3 @@ def run_dir_for(cfg: RecipeConfig, recipe_path: str | Path | None, output_dir: s
     if cfg.logging.output_dir:
         return Path(cfg.logging.output_dir)
     return Path("runs") / (Path(recipe_path).stem if recipe_path else "default")
-
