@@ -60,7 +60,9 @@ class BoundReward:
     column_map: dict[str, str]
     """reward parameter -> dataset column, for every column the reward receives."""
 
-    def call(self, prompts: Sequence[str], completions: Sequence[str], columns: Mapping[str, Sequence]) -> list[Scored]:
+    def call(
+        self, prompts: Sequence[str], completions: Sequence[str], columns: Mapping[str, Sequence]
+    ) -> list[Scored]:
         kwargs = {param: list(columns[col]) for param, col in self.column_map.items()}
         out = score_detailed(self.fn, list(prompts), list(completions), **kwargs, **self.spec.kwargs)
         return check_output(self.spec.label, out, len(completions))
@@ -127,7 +129,9 @@ class RewardScorer:
         self.error_counts = {b.spec.label: 0 for b in self.bound}
         self._logged: set[str] = set()
 
-    def score(self, prompts: Sequence[str], completions: Sequence[str], columns: Mapping[str, Sequence]) -> RewardScores:
+    def score(
+        self, prompts: Sequence[str], completions: Sequence[str], columns: Mapping[str, Sequence]
+    ) -> RewardScores:
         values, info, errors = {}, {}, {}
         for b in self.bound:
             scored, n_err = self._score_one(b, prompts, completions, columns)

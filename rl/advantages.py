@@ -53,10 +53,10 @@ def grpo_advantages(
         raise ValueError(f"std_scale: {std_scale!r} is not one of {STD_SCALES}")
     _, mean_B, std_B, valid_B = _group_stats(reward_B, group_B)
     adv_B = reward_B.double() - mean_B
-    if std_scale == "group":
-        adv_B = adv_B / (std_B + eps)
-    elif std_scale == "batch":
-        adv_B = adv_B / (_batch_std(reward_B) + eps)
+    if std_scale != "none":
+        scale_B = std_B if std_scale == "group" else _batch_std(reward_B).expand_as(adv_B)
+        # A zero std means every reward compared is equal: the numerator is 0 too, and the advantage is 0 (not NaN).
+        adv_B = torch.where(scale_B > 0, adv_B / (scale_B + eps), torch.zeros_like(adv_B))
     return torch.where(valid_B, adv_B, torch.zeros_like(adv_B)).to(reward_B.dtype)
 
 

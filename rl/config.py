@@ -152,7 +152,10 @@ class AlgorithmConfig:
             v = getattr(self, name)
             _check(v is None or v >= 0, f"algorithm.{name}: must be >= 0, got {v}")
         _check(self.loss in LOSSES, f"algorithm.loss: unknown {self.loss!r}; known: {LOSSES.names()}")
-        _check(self.advantage in ADVANTAGES, f"algorithm.advantage: unknown {self.advantage!r}; known: {ADVANTAGES.names()}")
+        _check(
+            self.advantage in ADVANTAGES,
+            f"algorithm.advantage: unknown {self.advantage!r}; known: {ADVANTAGES.names()}",
+        )
 
     @property
     def prompts_per_step(self) -> int:

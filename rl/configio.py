@@ -60,6 +60,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         _, val_tp = get_args(tp) or (str, Any)
         return {str(k): _convert(v, val_tp, f"{key}.{k}") for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str):  # PyYAML reads "3e-5" (no dot) as a string: accept what float() accepts
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
         return float(value)
@@ -91,7 +96,7 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         raise
     except ValueError as e:  # __post_init__ validation: name the section
         raise ConfigError(f"{prefix + '.' if prefix and not str(e).startswith(prefix) else ''}{e}") from None
-    except TypeError as e:
+    except TypeError:
         missing = [f for f, spec in fields.items() if f not in data and _required(spec)]
         if missing:
             raise ConfigError(f"{_join(prefix, missing[0])}: required, but the recipe does not set it") from None

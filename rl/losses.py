@@ -143,11 +143,11 @@ def gspo_loss(
     s_B = torch.exp(_sequence_log_ratio(logp_BT, old_logp_BT, mask_BT))
     unclipped = s_B * adv_B
     clipped = torch.clamp(s_B, 1 - clip_low, 1 + clip_high) * adv_B
-    loss = -torch.minimum(unclipped, clipped).mean() if s_B.numel() else s_B.sum()
+    has_tokens = (mask_BT.sum(-1) > 0).float()  # a sequence with no tokens is a row of zeros, as in GRPO's mean
+    loss = -(torch.minimum(unclipped, clipped) * has_tokens).mean() if s_B.numel() else s_B.sum()
     if kl_BT is not None and beta:
         loss = loss + beta * aggregate(kl_BT, mask_BT, "seq_mean_token_mean")
     with torch.no_grad():
-        has_tokens = (mask_BT.sum(-1) > 0).float()
         metrics = {
             "clip_frac": masked_mean((clipped < unclipped).float(), has_tokens),
             "ratio_mean": masked_mean(s_B, has_tokens),

@@ -91,7 +91,11 @@ def lora_targets(model: torch.nn.Module, cfg: ModelConfig) -> tuple[list[str], l
     """(module names, expert parameter names) to adapt, found in ``model``; raises if none match."""
     wanted = set(cfg.lora_target_modules or DEFAULT_LORA_TARGETS)
     modules = sorted(
-        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".experts." not in n}
+        {
+            n.rsplit(".", 1)[-1]
+            for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and ".experts." not in n
+        }
         & wanted
     )
     if not modules:

@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import string
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -155,7 +156,9 @@ def _lm_batch(tokenizer, pairs: list[tuple[str, str]]) -> tuple[torch.Tensor, to
     return ids, (ids != tokenizer.pad_token_id).long() | (labels != -100).long(), labels
 
 
-def pretrain(model, tokenizer, pairs: list[tuple[str, str]], cfg: PretrainConfig, progress: bool = True) -> list[float]:
+def pretrain(
+    model, tokenizer, pairs: list[tuple[str, str]], cfg: PretrainConfig, progress: bool = True
+) -> list[float]:
     from tqdm.auto import tqdm
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.98))
@@ -165,7 +168,9 @@ def pretrain(model, tokenizer, pairs: list[tuple[str, str]], cfg: PretrainConfig
     rng = random.Random(cfg.seed)
     model.train()
     losses = []
-    bar = tqdm(range(cfg.steps), desc="pre-training tiny base", disable=not progress)
+    # In a log file (CI, nohup) redraw rarely: a bar per step would bury the rest of the output.
+    redraw_s = 0.1 if sys.stderr.isatty() else 30
+    bar = tqdm(range(cfg.steps), desc="pre-training tiny base", disable=not progress, mininterval=redraw_s)
     for _ in bar:
         ids, attn, labels = _lm_batch(tokenizer, rng.sample(pairs, cfg.batch_size))
         loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
@@ -188,7 +193,9 @@ def parse_tiny_ref(ref: str) -> tuple[str, str]:
     body = ref.removeprefix("tiny://")
     family, _, task = body.partition("/")
     if not family or not task:
-        raise ValueError(f"model.name_or_path: {ref!r} must look like tiny://<family>/<task>, e.g. tiny://deepseek_v3/arith")
+        raise ValueError(
+            f"model.name_or_path: {ref!r} must look like tiny://<family>/<task>, e.g. tiny://deepseek_v3/arith"
+        )
     TINY_FAMILIES.get(family)
     return family, task
 
@@ -215,7 +222,13 @@ def ensure_tiny_base(ref: str, *, eval_seed: int, n_eval: int, cfg: PretrainConf
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    meta = {"ref": ref, "params": n_params, "final_loss": losses[-1], "seconds": time.time() - t0, "key": json.loads(key)}
+    meta = {
+        "ref": ref,
+        "params": n_params,
+        "final_loss": losses[-1],
+        "seconds": time.time() - t0,
+        "key": json.loads(key),
+    }
     (tmp / "r1kit_tiny.json").write_text(json.dumps(meta, indent=2))
     try:
         tmp.rename(out)

@@ -74,7 +74,11 @@ class TransformersBackend:
         if len(prompts) != len(group_ids):
             raise ValueError(f"generate: {len(prompts)} prompts but {len(group_ids)} group ids")
         prompt_ids = [self.tokenizer.encode(p.text, add_special_tokens=True) for p in prompts]
-        rows = [(p, g, ids) for p, g, ids in zip(prompts, group_ids, prompt_ids, strict=True) for _ in range(num_generations)]
+        rows = [
+            (p, g, ids)
+            for p, g, ids in zip(prompts, group_ids, prompt_ids, strict=True)
+            for _ in range(num_generations)
+        ]
         step = self.batch_size or len(rows)
         completions: list[Completion] = []
         for start in range(0, len(rows), step):

@@ -32,7 +32,9 @@ def load_prompt_sets(
     if not rows:
         raise ValueError(f"data.path: {path!r} has no rows")
     if prompt_column not in rows[0]:
-        raise ValueError(f"data.prompt_column: {prompt_column!r} is not a column of {path!r} (it has {sorted(rows[0])})")
+        raise ValueError(
+            f"data.prompt_column: {prompt_column!r} is not a column of {path!r} (it has {sorted(rows[0])})"
+        )
     tpl = TEMPLATES.get(template)
     prompts = [
         Prompt(f"row-{i}", tpl.format(question=r[prompt_column]), {k: v for k, v in r.items() if k != prompt_column})

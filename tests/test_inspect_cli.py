@@ -9,6 +9,7 @@ import pytest
 
 from rl.cli import main
 from rl.plots import DOWN, FLAT, UP, _load_matrix, _trend, reward_figure, write_plots
+from rollouts.store import stored_steps
 from rollouts.view import describe, select
 
 ALL_PLOTS = ["reward", "completion_length", "kl", "clip_frac", "entropy", "expert_load"]
@@ -113,9 +114,11 @@ def test_expert_load_matrix_is_relative_to_uniform():
 @pytest.mark.slow
 def test_tiny_run_rollouts_and_plots(tiny_run_dir, capsys):
     assert (tiny_run_dir / "plots" / "reward.png").is_file()  # r1kit train plots at the end of a run
+    last = max(stored_steps(tiny_run_dir))
     assert main(["rollouts", str(tiny_run_dir), "--sort", "reward", "--limit", "4"]) == 0
     out = capsys.readouterr().out
-    assert "step 3: 16 completions in 2 groups" in out and "math_accuracy" in out
+    assert f"step {last}: 64 completions in 8 groups" in out and "showing 4 of 64" in out and "math_accuracy" in out
+    assert main(["rollouts", str(tiny_run_dir), "--all-steps", "--filter", "`reward/math_accuracy` == 0"]) == 0
     assert main(["plot", str(tiny_run_dir)]) == 0
     for name in ("reward", "completion_length", "clip_frac"):
         assert (tiny_run_dir / "plots" / f"{name}.png").stat().st_size > 10_000

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import rollouts
+from rl.config import load_recipe
 from rl.quickrun import FAST, REPO_ROOT, TINY_RECIPE
 from rl.runlog import read_metrics
 from rollouts.store import RolloutStore, rollout_table, step_path, stored_steps
@@ -135,17 +136,26 @@ def test_truncate_after_drops_steps_a_resume_will_rerun(fake_run_dir):
 
 @pytest.mark.slow
 def test_tiny_run_stores_every_completion(tiny_run_dir):
+    cfg = load_recipe(tiny_run_dir / "config.yaml")
+    a = cfg.algorithm
     df = rollouts.load(tiny_run_dir)
-    assert stored_steps(tiny_run_dir) == [1, 2, 3]
-    assert len(df) == 3 * 16  # batch_size=16 per step, every step stored
-    assert set(FIXED) | {"reward/math_accuracy", "reward_info/math_accuracy", "data/answer"} <= set(df)
-    assert df.groupby("step")["group_id"].nunique().tolist() == [2, 2, 2]
-    assert (df["reward"] == df["reward/math_accuracy"]).all()  # a single reward of weight 1
+    assert stored_steps(tiny_run_dir) == list(range(1, cfg.training.max_steps + 1))  # rollouts_every = 1
+    assert df.groupby("step").size().unique().tolist() == [a.batch_size]  # every completion of every step
+    assert df.groupby("step")["group_id"].nunique().unique().tolist() == [a.prompts_per_step]
+    names = [r.label for r in cfg.rewards.rules]
+    per_reward = {f"reward/{n}" for n in names} | {f"reward_info/{n}" for n in names}
+    assert set(FIXED) | per_reward | {"data/answer"} <= set(df)
+    # The stored total is the recipe's weighted sum, and the advantages are group-relative.
+    expected = sum(r.weight * df[f"reward/{r.label}"].fillna(0.0) for r in cfg.rewards.rules)
+    assert (df["reward"] - expected).abs().max() < 1e-9
+    assert df.groupby(["step", "group_id"])["advantage"].sum().abs().max() < 1e-3
     assert df["mean_logprob"].notna().all() and (df["mean_logprob"] <= 0).all()
-    assert df.groupby(["step", "group_id"])["advantage"].sum().abs().max() < 1e-4  # group-relative
     assert set(df["finish_reason"]) <= {"eos", "length"}
     info = json.loads(df["reward_info/math_accuracy"].iloc[0])
     assert info["gold"] == df["data/answer"].iloc[0]
+    # Metrics and rollouts tell the same story: the per-step mean of the stored rewards is the logged reward.
+    logged = {m["step"]: m["reward"] for m in read_metrics(tiny_run_dir / "metrics.jsonl")}
+    assert df.groupby("step")["reward"].mean().to_dict() == pytest.approx(logged, rel=1e-5)
 
 
 @pytest.mark.slow

@@ -13,12 +13,35 @@ import re
 from fractions import Fraction
 from functools import lru_cache
 
+import mpmath
 import sympy
 from latex2sympy2_extended.latex2sympy2 import ConversionConfig, latex2sympy
 
 from rewards.math.numbers import Num, close, numbers_match, parse_number, rounds_to
 from rewards.math.structure import Atom, Choice, Cup, Items, Node, Rel, Span, Text
 
+WARMUP_TEX = (
+    r"\frac{1}{2}+x",
+    r"\sqrt[3]{x^2}-\sqrt{2}",
+    r"\sum_{k=0}^{n-1} F_k F_{n-k-1}",
+    r"\int_0^1 x^2 \, dx",
+    r"\lim_{x\to 0} \frac{\sin x}{x}",
+    r"\begin{pmatrix}1 & 2 \\ 3 & 4\end{pmatrix}",
+    r"\binom{5}{2} + 5!",
+    r"\log_2 8 + \ln e",
+    r"\sin^2(x)+\cos^2(x) = \tan^{-1} y",
+    r"|x-1| \cdot \lfloor y \rfloor",
+    r"e^{i\pi} + 3 \times 10^{5}",
+    r"a_{37} \cdot b_n + \pi r^2",
+    r"f(x) = x^2 + 2x + 1",
+    r"3x^{2}(2+5x^{3}) - (p+1)(q-3)",
+    r"\frac{x^2}{9}+\frac{y^2}{16}=1",
+    r"-\frac{2t}{3(t^2+1)^{2/3}}",
+    r"\left[\begin{array}{cc}1 & 0 \\ 0 & 1\end{array}\right]",
+    r"\{1, 2\} \cup (3, \infty)",
+)
+"""Parsed once by each worker before it reports ready: the LaTeX grammar's ANTLR parser builds its prediction
+tables lazily, so the first sum, integral or matrix a process meets costs up to a second; afterwards milliseconds."""
 MAX_TEX_CHARS = 400
 MAX_DIGITS = 100_000
 """Integers with more digits than this are never built: ``2^{2^{2^{2^{2}}}}`` has 19,729 and is fine."""
@@ -32,6 +55,8 @@ class NeedsSympy(Exception):
 
 def equal(gold: Node, pred: Node, use_sympy: bool) -> bool:
     gold, pred = _unwrap(gold), _unwrap(pred)
+    if gold == pred:  # the same answer written the same way (after normalization): no math needed
+        return True
     if isinstance(gold, Rel) and gold.op == "=":
         return _equal_eq(gold, pred, use_sympy)
     if isinstance(pred, Rel) and pred.op == "=":
@@ -88,11 +113,29 @@ def _plain(node: Node) -> str | None:
 
 
 def _equal_items(gold: Items, pred: Items, use_sympy: bool) -> bool:
-    if len(gold.items) != len(pred.items):
-        return False
+    by_name = _by_name(gold, pred)
+    if by_name is not None:  # "a_3 = 2, a_{37} = 19" answers "a_{37} = 19, a_3 = 2"
+        return all(equal(g, p, use_sympy) for g, p in zip(gold.items, by_name, strict=True))
     if "tuple" in (gold.kind, pred.kind) and "set" not in (gold.kind, pred.kind):
+        if len(gold.items) != len(pred.items):
+            return False
         return all(equal(g, p, use_sympy) for g, p in zip(gold.items, pred.items, strict=True))
-    return _matching(gold.items, pred.items, use_sympy)
+    return _matching(_unique(gold.items), _unique(pred.items), use_sympy)
+
+
+def _by_name(gold: Items, pred: Items) -> tuple[Node, ...] | None:
+    """``pred``'s values in the order of ``gold``'s names, when both name the same distinct unknowns."""
+    if not gold.names or not pred.names or len(set(gold.names)) != len(gold.names):
+        return None
+    if sorted(gold.names) != sorted(pred.names):
+        return None
+    value = dict(zip(pred.names, pred.items, strict=True))
+    return tuple(value[n] for n in gold.names)
+
+
+def _unique(nodes: tuple[Node, ...]) -> tuple[Node, ...]:
+    """Order-free answers are sets: a part written twice (``(3,17), (3, 17)``) counts once."""
+    return tuple(dict.fromkeys(nodes))
 
 
 def _matching(gold: tuple[Node, ...], pred: tuple[Node, ...], use_sympy: bool) -> bool:
@@ -131,9 +174,17 @@ def _equal_atoms(gold: Atom, pred: Atom, use_sympy: bool) -> bool:
     g, p = _value(gold.tex, use_sympy), _value(pred.tex, use_sympy)
     if g is None or p is None:
         return False
+    if pred.pct and not gold.pct and _whole(g) and _whole(p) and g.value == p.value:
+        # "10%" for the gold 10: the question asked for a percentage and the gold omits the sign (NeMo-Skills and
+        # Qwen graders). Only for whole numbers, where that reading is the usual one: "4 4/9%" stays 40/900.
+        return True
     golds = [_scale(g, 100), g] if gold.pct else [g]
     preds = [p] if gold.pct and pred.pct else [_scale(p, 100)] if pred.pct else [p]
     return any(_equal_values(a, b) for a in golds for b in preds)
+
+
+def _whole(v: Num | sympy.Basic) -> bool:
+    return isinstance(v, Num) and v.decimals is None and v.value.denominator == 1
 
 
 def _value(tex: str, use_sympy: bool) -> Num | sympy.Basic | None:
@@ -154,7 +205,8 @@ def valid(node: Node, use_sympy: bool) -> bool:
     if isinstance(node, Span):
         return valid(node.lo, use_sympy) and valid(node.hi, use_sympy)
     if isinstance(node, Rel):
-        return (node.label or valid(node.lhs, use_sympy)) and valid(node.rhs, use_sympy)
+        # "17 \\bmod 5 = 2" states 2 even when the left side does not parse
+        return (node.label or node.op == "=" or valid(node.lhs, use_sympy)) and valid(node.rhs, use_sympy)
     return True
 
 
@@ -187,6 +239,8 @@ def to_sympy(tex: str) -> sympy.Basic | None:
         return None
     if not isinstance(expr, sympy.Basic | sympy.MatrixBase) or too_big(expr):
         return None
+    if isinstance(expr, sympy.MatrixExpr):  # "A + B", "A B" of explicit matrices: do the (size-checked) arithmetic
+        expr = expr.doit()
     return expr
 
 
@@ -196,9 +250,10 @@ def magnitude(e: sympy.Basic) -> float:
         return int(e).bit_length() * 0.302 + 1
     if isinstance(e, sympy.Rational):
         return magnitude(sympy.Integer(e.p)) + magnitude(sympy.Integer(e.q))
-    if isinstance(e, sympy.Pow):
+    if isinstance(e, sympy.Pow | sympy.MatPow):
         base, exp = magnitude(e.args[0]), magnitude(e.args[1])
-        return math.inf if exp > 7 else max(base, 1.0) * 10**exp
+        # log10|b^x| = x log10|b|: a root (|x| < 1) is no bigger than its base, whatever digits x is written with.
+        return math.inf if exp > 7 else max(base, 1.0) * max(_abs_bound(e.args[1], exp), 1.0)
     if isinstance(e, sympy.factorial | sympy.gamma):
         n = magnitude(e.args[0])
         return math.inf if n > 6 else 10**n * n
@@ -206,6 +261,18 @@ def magnitude(e: sympy.Basic) -> float:
         return 1.0
     sizes = [magnitude(a) for a in e.args]
     return sum(sizes) if isinstance(e, sympy.Mul) else max(sizes) + 1
+
+
+def _abs_bound(x: sympy.Basic, mag: float) -> float:
+    """An upper bound on |x|: its value when ``x`` is a constant (safe to evaluate: ``mag`` <= 7), else 10**mag."""
+    if getattr(x, "is_number", False):
+        try:
+            v = abs(complex(x.evalf(15)))
+        except (TypeError, ValueError, OverflowError):
+            v = math.nan
+        if math.isfinite(v):
+            return v
+    return 10**mag
 
 
 def too_big(expr: sympy.Basic | sympy.MatrixBase) -> bool:
@@ -235,8 +302,18 @@ def _same_number(a: sympy.Expr, b: sympy.Expr) -> bool:
     if a.has(sympy.Float) or b.has(sympy.Float):
         if close(abs(x), abs(y)) and close(x.real, y.real) and close(x.imag, y.imag):
             return True
-        return _rounded(a, y, x) or _rounded(b, x, y)
-    return abs(x - y) <= 1e-12 * max(abs(x), abs(y))  # relative: 2^-99 and 2^-98 differ
+        # Rounding excuses a decimal only against an exact value (as ``numbers_match``): 2.23 is not 2.232.
+        return (not b.has(sympy.Float) and _rounded(a, y, x)) or (not a.has(sympy.Float) and _rounded(b, x, y))
+    try:  # mpmath keeps any exponent: as floats 1/2004! and 1/2006! both underflow to 0.0
+        mx, my = _mp(a), _mp(b)
+    except (TypeError, ValueError):
+        return False
+    return abs(mx - my) <= mpmath.mpf("1e-12") * max(abs(mx), abs(my))  # relative: 2^-99 and 2^-98 differ
+
+
+def _mp(e: sympy.Expr) -> mpmath.mpc:
+    re_part, im_part = e.evalf(30).as_real_imag()
+    return mpmath.mpc(mpmath.mpmathify(re_part.evalf(30)), mpmath.mpmathify(im_part.evalf(30)))
 
 
 def _rounded(shown: sympy.Expr, exact: complex, _shown_value: complex) -> bool:
@@ -255,8 +332,10 @@ def _same_function(d: sympy.Expr) -> bool:
         if sympy.expand(d) == 0:
             return True
         symbols = sorted(d.free_symbols, key=str)
+        # Sums and products are functions of whole numbers: at n = 0.57 evalf would run Euler-Maclaurin (slow).
+        discrete = d.has(sympy.Sum, sympy.Product)
         for k, p in enumerate(_POINTS):
-            subs = {s: p + 0.37 * i + 0.11 * k for i, s in enumerate(symbols)}
+            subs = {s: 3 + i + 2 * k if discrete else p + 0.37 * i + 0.11 * k for i, s in enumerate(symbols)}
             v = complex(d.evalf(20, subs=subs))
             if not math.isfinite(abs(v)) or abs(v) > 1e-8:
                 return False

@@ -18,7 +18,8 @@ _SUBS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\s*(?:percentage|percent|pct)\b"), "%"),
     (re.compile(r"(?<![\\a-zA-Z])sqrt\s*(?=\()"), r"\\sqrt"),
     (re.compile(r"(\d),\\!\s*(?=\d{3})"), r"\1,"),
-    (re.compile(r"\{,\}"), ","),
+    (re.compile(r"(?<=\d)\s*\{\s*,\s*\}\s*(?=\d)|\{,\}"), ","),  # "14{,}916", "14 {, }916"
+    (re.compile(r",\s*\.\.\.(?!\.)"), r", \\ldots"),  # "1, 2, 3, ..." goes on: keep the dots a list item
     (re.compile(r"\\[!]"), ""),
     (re.compile(r"(?<!\\)\\[,;: ]|~|\\q?quad"), " "),
     (re.compile(r"\\[dtc]frac"), r"\\frac"),

@@ -44,6 +44,8 @@ class Items:
     items: tuple[Node, ...]
     kind: str
     """``list`` (comma-separated, order-free), ``set`` (``\\{...\\}``) or ``tuple`` (parenthesised, ordered)."""
+    names: tuple[str, ...] | None = None
+    """For ``p=5, q=2``: the unknown each item gives (``("p", "q")``), so the pairs may come in any order."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,10 @@ Node = Union[Atom, Text, Choice, Items, Span, Cup, Rel]  # noqa: UP007 - a runti
 
 _CHOICE_RE = re.compile(r"\(?([A-E])\)?(?:[\s.:]+[A-Za-z][\s\S]*)?")
 _LABEL_RE = re.compile(r"[A-Za-z|:(),\s_{}\\']*(?:_\{?\w+\}?[A-Za-z|:(),\s_{}\\']*)*")
-_WORDS_RE = re.compile(r"[A-Za-z]{3,}\s+[A-Za-z]{3,}")
+_WORD_RE = re.compile(r"(?<![A-Za-z\\])[A-Za-z]{2,}(?:'[a-z]+)?(?![A-Za-z])")
+_MATH_WORDS = frozenset(
+    "sin cos tan cot sec csc arcsin arccos arctan sinh cosh tanh log ln lg exp lim max min gcd lcm mod deg det".split()
+)
 _OPEN, _CLOSE = "([{", ")]}"
 _FLIP = {">": "<", "≥": "≤"}
 
@@ -151,7 +156,10 @@ def _parse(s: str, depth: int) -> Node | None:
         return None
     groups = [g for g in top_level_split(s, _LIST_SEPS) if g.strip()]
     if len(groups) > 1:
-        return _items([_parse_group(g, depth) for g in groups], "list")
+        nodes = [_parse_group(g, depth) for g in groups]
+        # "21, 16 or 11" is one list, not a list holding a list
+        flat = [x for n in nodes for x in (n.items if _is_plain_list(n) else (n,))]
+        return _items(flat, "list")
     return _parse_group(s, depth)
 
 
@@ -164,8 +172,19 @@ def _parse_group(s: str, depth: int) -> Node | None:
         return _parse_single(pieces[0], depth)
     nodes = [_parse_single(p, depth) for p in pieces]
     if all(isinstance(n, Rel) and n.label and n.op == "=" for n in nodes):
-        return _items([n.rhs for n in nodes], "tuple")  # "p=5, q=2" is the pair (5, 2)
+        names = tuple(_name(n.lhs) for n in nodes)
+        # "p=5, q=2" is the pair (5, 2), and also the assignment {p: 5, q: 2}
+        return Items(tuple(n.rhs for n in nodes), "tuple", names if all(names) else None)
     return _items(nodes, "list")
+
+
+def _is_plain_list(node: Node | None) -> bool:
+    return isinstance(node, Items) and node.kind == "list" and node.names is None
+
+
+def _name(node: Node) -> str:
+    """``a_{37}`` -> ``a_37``: the unknown a labelled value names, spelled one way."""
+    return re.sub(r"[\s{}]", "", node.tex) if isinstance(node, Atom) else ""
 
 
 def _items(nodes: list[Node | None], kind: str) -> Node | None:
@@ -203,18 +222,46 @@ def _parse_relation(s: str, d: int) -> Node | None:
         lo, hi = (parts[0], parts[2]) if ops[0] in "<≤" else (parts[2], parts[0])
         closed = ops[0] in "≤≥"
         lo_n, hi_n = _parse(lo, d), _parse(hi, d)
-        return Span(lo_n, hi_n, closed, closed) if lo_n and hi_n else None
-    if len(parts) == 2 and len(ops) == 1:
-        lhs, rhs = _parse(parts[0], d), _parse(parts[1], d)
-        if lhs is None or rhs is None:
+        if not (lo_n and hi_n):
             return None
-        op = ops[0]
-        if op in _FLIP:
-            lhs, rhs, op = rhs, lhs, _FLIP[op]
-        return Rel(lhs, op, rhs, False)
+        if re.fullmatch(r"\|[^|]+\|", parts[1].strip()):
+            return _abs_span(lo_n, hi_n, closed)
+        return Span(lo_n, hi_n, closed, closed)
+    if len(parts) == 2 and len(ops) == 1:
+        return _rel(parts[0], ops[0], parts[1], d)
+    if len(parts) > 2 and len(ops) == len(parts) - 1 and (set(ops) <= set("<≤") or set(ops) <= set(">≥")):
+        # "f(2) < f(1) < f(4)": a chain is its links, in order (and "c > b > a" is "a < b < c")
+        if ops[0] in _FLIP:
+            parts, ops = parts[::-1], [_FLIP[op] for op in reversed(ops)]
+        links = [_rel(a, op, b, d) for a, op, b in zip(parts, ops, parts[1:], strict=False)]
+        return _items(links, "tuple")
     if len(parts) > 1:
         return None
     return _parse_set(s, d)
+
+
+def _rel(lhs_s: str, op: str, rhs_s: str, d: int) -> Rel | None:
+    lhs, rhs = _parse(lhs_s, d), _parse(rhs_s, d)
+    if lhs is None or rhs is None:
+        return None
+    if op in _FLIP:
+        lhs, rhs, op = rhs, lhs, _FLIP[op]
+    return Rel(lhs, op, rhs, False)
+
+
+def _abs_span(lo: Node, hi: Node, closed: bool) -> Node:
+    """``a <= |x| <= b`` (0 <= a) is ``[-b, -a] ∪ [a, b]``, and ``[-b, b]`` when a is 0."""
+    num = parse_number(lo.tex) if isinstance(lo, Atom) else None
+    if num is None or num.value < 0 or not isinstance(hi, Atom):
+        return Span(lo, hi, closed, closed)
+    neg_hi = Atom(_negate(hi.tex))
+    if num.value == 0:
+        return Span(neg_hi, hi, closed, closed)
+    return Cup((Span(neg_hi, Atom(_negate(lo.tex)), closed, closed), Span(lo, hi, closed, closed)))
+
+
+def _negate(tex: str) -> str:
+    return tex[1:] if tex.startswith("-") and parse_number(tex) else f"-{tex}" if parse_number(tex) else f"-({tex})"
 
 
 def _parse_set(s: str, d: int) -> Node | None:
@@ -259,13 +306,23 @@ def _parse_leaf(s: str, d: int) -> Node | None:
         return parse_answer(inner) if re.search(r"\d", inner) else _text_or_choice(inner)
     if re.fullmatch(r"[A-Za-z][A-Za-z ]+", s) and len(s) > 1 and not re.fullmatch(r"[a-z]{1,2}", s):
         return _text_or_choice(s)
-    if _WORDS_RE.search(s.replace("\\", " \\")) and not re.search(r"\\[a-zA-Z]", s):
+    if _is_prose(s):
         return None  # prose, not an answer
+    words = s.split()
+    if len(words) > 1 and all(parse_number(w) and (i == 0 or w[0] not in "+-") for i, w in enumerate(words)):
+        return None  # "4 4/9 2" is three numbers side by side, not their product
     pct = False
     m = re.fullmatch(r"(.*?)\s*(?:\\%|%|percent(?:age)?|pct)", s)
     if m:
         s, pct = m.group(1).strip(), True
     return Atom(s, pct) if s else None
+
+
+def _is_prose(s: str) -> bool:
+    """Two or more words that are not function names ("it's not 10", "the volume"), and no LaTeX commands."""
+    if re.search(r"\\[a-zA-Z]", s):
+        return False
+    return sum(w.lower() not in _MATH_WORDS for w in _WORD_RE.findall(s)) >= 2
 
 
 def _text_or_choice(s: str) -> Node:
