@@ -234,11 +234,35 @@ class LoggingConfig:
     """Live progress display (rich)."""
     eval_every: int = 0
     """Held-out greedy evaluation every N steps (0 = only before and after training)."""
+    rollouts_every: int = 1
+    """Store the step's completions, rewards and advantages in ``RUN/rollouts/step-N.parquet`` every N steps
+    (0 = never). Open them with ``rollouts.load(run_dir)`` or ``r1kit rollouts RUN``."""
+    rollouts_max_groups: int | None = None
+    """Groups (prompts) stored per sampled step, whole groups only; None stores every group."""
+    trackers: list[str] = field(default_factory=list)
+    """Where metrics go besides ``metrics.jsonl`` (always written): any of ``tensorboard``, ``wandb``, ``trackio``,
+    ``mlflow``. Each needs its package (``pip install 'r1kit[wandb]'``)."""
+    project: str = "r1kit"
+    """Project / experiment name for W&B, trackio and MLflow."""
+    run_name: str | None = None
+    """Run name for the trackers; None = the run directory's name."""
+    plots: bool = True
+    """Write PNG training curves to ``RUN/plots`` at the end of the run (``r1kit plot RUN`` does it any time)."""
 
     def __post_init__(self) -> None:
+        from rl.trackers import TRACKERS
+
         _check(self.save_every >= 0, f"logging.save_every: must be >= 0, got {self.save_every}")
         _check(self.keep_checkpoints >= 1, f"logging.keep_checkpoints: must be >= 1, got {self.keep_checkpoints}")
         _check(self.eval_every >= 0, f"logging.eval_every: must be >= 0, got {self.eval_every}")
+        _check(self.rollouts_every >= 0, f"logging.rollouts_every: must be >= 0, got {self.rollouts_every}")
+        _check(
+            self.rollouts_max_groups is None or self.rollouts_max_groups > 0,
+            f"logging.rollouts_max_groups: must be > 0 or null (all groups), got {self.rollouts_max_groups}",
+        )
+        for name in self.trackers:
+            _check(name in TRACKERS, f"logging.trackers: unknown tracker {name!r}; known: {TRACKERS.names()}")
+        _check(len(set(self.trackers)) == len(self.trackers), f"logging.trackers: duplicates in {self.trackers}")
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,14 @@ from rl.logprobs import completion_logprobs
 from rl.losses import LOSSES, normaliser
 from rl.modeling import Policy, load_policy, save_final
 from rl.moe.control import attach_router_control
+from rl.plots import write_plots
 from rl.progress import StepProgress, console, summary_table
 from rl.runlog import MetricsLog, atomic_write_text
+from rl.trackers import open_trackers
 from rollouts.backends import BACKENDS
 from rollouts.data import PromptSampler, PromptSets, load_prompt_sets
 from rollouts.records import RolloutBatch, SequenceTensors, to_tensors
+from rollouts.store import RolloutStore
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +107,16 @@ class GRPOTrainer:
         self.kl_fn = KL_ESTIMATORS.get(a.kl_estimator) if a.beta > 0 else None
         self.sampler = PromptSampler(self.data.train, seed=t.seed)
         self.metrics_log = MetricsLog(self.run_dir / "metrics.jsonl")
+        lg = cfg.logging
+        self.rollout_store = RolloutStore(self.run_dir, every=lg.rollouts_every, max_groups=lg.rollouts_max_groups)
         self.step = 0
         self.base_eval: dict[str, float] | None = None
         self.started = time.time()
         if resume:
             self._resume()
+        self.trackers = open_trackers(
+            lg.trackers, self.run_dir, cfg.to_dict(), project=lg.project, run_name=lg.run_name, start_step=self.step
+        )
 
     # ----------------------------------------------------------------- run
     def train(self) -> dict[str, Any]:
@@ -125,6 +133,7 @@ class GRPOTrainer:
                 if cfg.logging.eval_every and self.step % cfg.logging.eval_every == 0:
                     metrics.update({f"eval/{k}": v for k, v in self.evaluate().items()})
                 self.metrics_log.append({"step": self.step, **metrics})
+                self.trackers.log(self.step, metrics)
                 progress.update(metrics)
                 if save_every and self.step % save_every == 0:
                     self.save_checkpoint()
@@ -151,6 +160,9 @@ class GRPOTrainer:
         }
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         console.print(summary_table(summary))
+        self.trackers.close()
+        if self.cfg.logging.plots:
+            console.print(f"plots: {self.run_dir / 'plots'} ({len(write_plots(self.run_dir).written)} PNGs)")
         return summary
 
     # ---------------------------------------------------------------- step
@@ -174,6 +186,13 @@ class GRPOTrainer:
             )
         train_metrics = self._update(seq, adv_B.to(self.device), batch)
         t_end = time.time()
+        # Stored after _update (it fills the logprobs): every sampled group, the ones dynamic sampling dropped too
+        # (advantage 0, kept=False) - collapsed groups are exactly what people look for in rollouts.
+        adv_all_B = torch.zeros(len(sampled.batch))
+        adv_all_B[sampled.keep_B] = adv_B.float()
+        self.rollout_store.write(
+            self.step + 1, sampled.batch, sampled.scores, adv_all_B, extra={"kept": sampled.keep_B.tolist()}
+        )
         return {
             **reward_metrics(sampled.scores, sampled.reward_B, torch.tensor(sampled.batch.group_ids)),
             **train_metrics,
@@ -307,6 +326,7 @@ class GRPOTrainer:
         self.base_eval = state["base_eval"]
         self.started = time.time() - state.get("elapsed", 0.0)
         self.metrics_log.truncate_after(self.step)
+        self.rollout_store.truncate_after(self.step)
         console.print(f"resumed from {ckpt} (step {self.step})")
 
 
