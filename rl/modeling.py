@@ -79,6 +79,11 @@ def load_policy(cfg: ModelConfig, data: DataConfig, *, need_reference: bool, dev
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+        if cfg.finetune == "lora":
+            # The frozen embeddings' output does not require grad; with LoRA nothing before the first adapted
+            # layer does, and a checkpointed block whose inputs need no grad may be skipped by backward (reentrant
+            # checkpointing drops it). Marking the embedding output keeps every block on the gradient path.
+            model.enable_input_require_grads()
     reference = None
     if cfg.finetune == "lora":
         model = apply_lora(model, cfg)
