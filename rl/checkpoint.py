@@ -27,7 +27,11 @@ log = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def trainable_state(model: torch.nn.Module, full: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The trainable parameters, from the model or, when given, from ``full`` (a state dict gathered from shards)."""
+    if full is not None:
+        names = {n for n, p in model.named_parameters() if p.requires_grad}
+        return {n: t.detach().cpu().contiguous() for n, t in full.items() if n in names}
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
@@ -56,11 +60,13 @@ def _fsync_dir(path: Path) -> None:
 
 def save_checkpoint(
     root: Path, step: int, model: torch.nn.Module, optimizer, scheduler, trainer_state: dict[str, Any], keep: int = 2,
-    *, rank: int = 0, barrier: Callable[[], None] = lambda: None,
+    *, rank: int = 0, barrier: Callable[[], None] = lambda: None, full_state: dict[str, torch.Tensor] | None = None,
+    optimizer_per_rank: bool = False,
 ) -> Path:  # fmt: skip
     """Write ``root/step-NNNNNN`` atomically. With several processes every one calls this (``barrier`` syncs them):
     each writes its RNG state ``rng-rank{r}.pt``; rank 0 writes the rest (DDP keeps weights and optimizer state
-    identical on every process) and renames the directory into place."""
+    identical on every process) and renames the directory into place. Sharded runs (FSDP / ZeRO-3) pass the
+    gathered ``full_state`` and write each process's optimizer shard (``optimizer_per_rank``)."""
     final = root / f"step-{step:06d}"
     tmp = root / f".step-{step:06d}.tmp-shared"  # a fixed name: every process writes its RNG state into it
     if rank == 0:
@@ -70,10 +76,14 @@ def save_checkpoint(
     barrier()
     torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
     _fsync_file(tmp / f"rng-rank{rank}.pt")
+    if optimizer_per_rank:
+        torch.save(optimizer.state_dict(), tmp / f"optim-rank{rank}.pt")
+        _fsync_file(tmp / f"optim-rank{rank}.pt")
     barrier()
     if rank == 0:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+        save_file(trainable_state(model, full_state), str(tmp / "trainable.safetensors"))
+        optim = {} if optimizer_per_rank else {"optimizer": optimizer.state_dict()}
+        torch.save({**optim, "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
         for f in ("trainable.safetensors", "optim.pt", "trainer_state.json"):
             _fsync_file(tmp / f)
@@ -122,7 +132,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, *,
         for n, t in weights.items():
             params[n].copy_(t.to(params[n].device, params[n].dtype))
     blob = torch.load(path / "optim.pt", weights_only=False)
-    optimizer.load_state_dict(blob["optimizer"])
+    shard = path / f"optim-rank{rank}.pt"
+    optimizer.load_state_dict(torch.load(shard, weights_only=False) if shard.is_file() else blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     rng_file = path / f"rng-rank{rank}.pt"
     if rng_file.is_file():

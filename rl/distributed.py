@@ -106,6 +106,26 @@ class Dist:
         self.is_main: bool = accelerator.is_main_process
         self.device: torch.device = accelerator.device
 
+    @property
+    def sharded(self) -> bool:
+        """FSDP or DeepSpeed: weights and optimizer state are split over processes (DDP keeps full copies)."""
+        return self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
+
+    def local_sizes(self, a: AlgorithmConfig, t: TrainingConfig) -> LocalSizes:
+        sizes = local_sizes(a, t, self.world_size)
+        if self.accelerator.distributed_type.value == "DEEPSPEED" and sizes.micro < sizes.mini:
+            raise ConfigError(
+                f"training.micro_batch_size: DeepSpeed steps the optimizer inside every backward, so r1kit cannot "
+                f"accumulate micro-batches under it; set training.micro_batch_size={sizes.mini} (each process's "
+                "share of the mini-batch) or launch with recipes/accelerate/fsdp2.yaml"
+            )
+        return sizes
+
+    def full_state_dict(self, train_model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+        """Under FSDP / ZeRO-3, the whole model's state dict gathered from the shards (complete on process 0;
+        every process must call this). None otherwise: the plain module already holds full tensors."""
+        return self.accelerator.get_state_dict(train_model) if self.sharded else None
+
     def shard(self, items: Sequence[T]) -> list[T]:
         """This process's share: items ``[rank::world_size]``."""
         return list(items[self.rank :: self.world_size])

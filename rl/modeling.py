@@ -130,7 +130,9 @@ def apply_lora(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
     return peft_model
 
 
-def save_final(policy: Policy, out: Path) -> None:
-    """Adapter (LoRA) or full weights as safetensors, plus the tokenizer: loadable with transformers/peft."""
-    policy.model.save_pretrained(out, safe_serialization=True)
+def save_final(policy: Policy, out: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Adapter (LoRA) or full weights as safetensors, plus the tokenizer: loadable with transformers/peft.
+    ``state_dict``: the full state gathered from FSDP / ZeRO-3 shards (peft keeps only the adapter's part)."""
+    kwargs = {} if state_dict is None else {"state_dict": state_dict}
+    policy.model.save_pretrained(out, safe_serialization=True, **kwargs)
     policy.tokenizer.save_pretrained(out)

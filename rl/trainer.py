@@ -24,7 +24,7 @@ from rewards.scoring import RewardScorer, bind_rewards
 from rl.advantages import ADVANTAGES
 from rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trainable_state
 from rl.config import RecipeConfig, dump_recipe
-from rl.distributed import Dist, dump_weights_for_debug, generate_seeded, local_sizes, make_accelerator
+from rl.distributed import Dist, dump_weights_for_debug, generate_seeded, make_accelerator
 from rl.kl import KL_ESTIMATORS
 from rl.logprobs import completion_logprobs
 from rl.losses import LOSSES, normaliser
@@ -71,7 +71,7 @@ class GRPOTrainer:
         seed_everything(cfg.training.seed)
         accelerator = make_accelerator(cfg.training)
         self.dist = Dist(accelerator)
-        self.sizes = local_sizes(cfg.algorithm, cfg.training, self.dist.world_size)
+        self.sizes = self.dist.local_sizes(cfg.algorithm, cfg.training)
         self.device = self.dist.device
         d = cfg.data
         with accelerator.main_process_first():  # downloads and dataset caches: once, then read by the others
@@ -147,9 +147,10 @@ class GRPOTrainer:
 
     def finish(self) -> dict[str, Any]:
         final_eval = self.evaluate()
-        dump_weights_for_debug(trainable_state(self.policy.model), self.dist.rank)
+        full = self.dist.full_state_dict(self.train_model)  # None unless FSDP / ZeRO-3 shard the weights
+        dump_weights_for_debug(trainable_state(self.policy.model, full), self.dist.rank)
         if self.dist.is_main:
-            save_final(self.policy, self.run_dir / "final")
+            save_final(self.policy, self.run_dir / "final", full)
         summary = {
             "base_accuracy": self.base_eval["accuracy"],
             "final_accuracy": final_eval["accuracy"],
@@ -259,7 +260,8 @@ class GRPOTrainer:
                             n = batch.completions[r].num_tokens
                             batch.completions[r].logprobs = logp_BT[i, :n].detach().cpu().tolist()
                 max_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
-                sums["grad_norm"] += float(self.dist.accelerator.clip_grad_norm_(self.params, max_norm))
+                norm = self.dist.accelerator.clip_grad_norm_(self.params, max_norm)  # None: DeepSpeed clips itself
+                sums["grad_norm"] += math.nan if norm is None else float(norm)
                 self.optimizer.step()
                 self.scheduler.step()
                 n_updates += 1
@@ -301,7 +303,8 @@ class GRPOTrainer:
         return save_checkpoint(
             self.run_dir / "checkpoints", self.step, self.policy.model, self.optimizer, self.scheduler,
             self._trainer_state(), keep=self.cfg.logging.keep_checkpoints, rank=self.dist.rank,
-            barrier=self.dist.barrier,
+            barrier=self.dist.barrier, full_state=self.dist.full_state_dict(self.train_model),
+            optimizer_per_rank=self.dist.sharded,
         )  # fmt: skip
 
     def _resume(self) -> None:

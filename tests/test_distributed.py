@@ -138,3 +138,27 @@ def test_two_processes_match_one_process(tiny_random_model_dir, tmp_path):
     w_res = _weights(tmp_path / "dump-resumed", 0)
     assert all(torch.equal(w_res[k], w0[k]) for k in w0)
     assert [m["step"] for m in _metrics(resumed)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("name, kind", [("ddp", "MULTI_GPU"), ("fsdp2", "FSDP"), ("zero3", "DEEPSPEED")])
+def test_shipped_accelerate_configs_load(name, kind):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(ROOT / "recipes" / "accelerate" / f"{name}.yaml"))
+    assert cfg.distributed_type.value == kind
+    assert cfg.mixed_precision == "no", "precision comes from the recipe (training.mixed_precision)"
+
+
+def test_deepspeed_refuses_micro_batch_accumulation():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from rl.distributed import Dist
+
+    fake = SimpleNamespace(process_index=0, num_processes=2, is_main_process=True, device=torch.device("cpu"),
+                           distributed_type=DistributedType.DEEPSPEED)  # fmt: skip
+    a = AlgorithmConfig(num_generations=4, batch_size=16)
+    with pytest.raises(ConfigError, match=r"training\.micro_batch_size: DeepSpeed .*training\.micro_batch_size=8 "):
+        Dist(fake).local_sizes(a, TrainingConfig(micro_batch_size=2))
+    assert Dist(fake).local_sizes(a, TrainingConfig()).micro == 8
