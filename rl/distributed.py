@@ -93,6 +93,8 @@ def make_accelerator(t: TrainingConfig):
     AcceleratorState._reset_state()
     GradientState._reset_state()
     cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
+    if cpu and t.mixed_precision == "fp16":  # accelerate would silently run without autocast
+        raise ConfigError("training.mixed_precision: fp16 needs a CUDA GPU; on CPU use bf16 or no")
     return Accelerator(cpu=cpu, mixed_precision=t.mixed_precision)
 
 

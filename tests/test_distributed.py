@@ -162,3 +162,10 @@ def test_deepspeed_refuses_micro_batch_accumulation():
     with pytest.raises(ConfigError, match=r"training\.micro_batch_size: DeepSpeed .*training\.micro_batch_size=8 "):
         Dist(fake).local_sizes(a, TrainingConfig(micro_batch_size=2))
     assert Dist(fake).local_sizes(a, TrainingConfig()).micro == 8
+
+
+def test_fp16_on_cpu_is_refused():
+    from rl.distributed import make_accelerator
+
+    with pytest.raises(ConfigError, match=r"training\.mixed_precision: fp16 needs a CUDA GPU; on CPU use bf16 or no"):
+        make_accelerator(TrainingConfig(device="cpu", mixed_precision="fp16"))

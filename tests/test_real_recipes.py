@@ -52,12 +52,12 @@ RECIPES = sorted(Path(__file__).parents[1].joinpath("recipes").glob("*.yaml"))
 def shrunk(recipe: Path, model_dir: str, data_path: Path | None) -> list[str]:
     """Overrides that keep the recipe's choices but make one step cheap on a CPU."""
     cfg = load_recipe(recipe)
-    G = cfg.algorithm.num_generations
+    G = min(cfg.algorithm.num_generations, 4)  # the R1 template is ~400 characters: ~400 tokens per row here
     out = [
         f"model.name_or_path={model_dir}",
         "data.num_train=8", "data.num_eval=2",
         "rollout.max_new_tokens=16",
-        f"algorithm.batch_size={2 * G}",  # two groups
+        f"algorithm.num_generations={G}", f"algorithm.batch_size={2 * G}",  # two groups
         f"algorithm.mini_batch_size={G if cfg.algorithm.mini_batch_size else 'null'}",  # keep several updates
         "training.max_steps=1", "training.torch_threads=2",
         "logging.progress=false",
