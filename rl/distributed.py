@@ -52,6 +52,11 @@ def local_sizes(a: AlgorithmConfig, t: TrainingConfig, world_size: int) -> Local
     LocalSizes(batch=8, mini=8, micro=2)
     """
     G, N = a.num_generations, world_size
+    if a.dynamic_sampling and N > 1:
+        raise ConfigError(
+            f"algorithm.dynamic_sampling: not supported with {N} processes yet (each process would filter its own "
+            "groups and the processes' batches would differ in size); set it to false or run one process"
+        )
     if a.batch_size % (G * N):
         fix = G * N * max(1, round(a.batch_size / (G * N)))
         raise ConfigError(
@@ -140,6 +145,14 @@ class Dist:
         if self.world_size == 1:
             return x_B
         return self.accelerator.gather(x_B.to(self.device)).cpu()
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every process's ``obj`` (picklable), in rank order, on every process."""
+        if self.world_size == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
 
     def sum(self, values: dict[str, float]) -> dict[str, float]:
         """Sum of each value over processes."""

@@ -20,22 +20,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from rewards.scoring import RewardScorer, bind_rewards
+from rewards.scoring import RewardScorer, RewardScores, bind_rewards
 from rl.advantages import ADVANTAGES
 from rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trainable_state
 from rl.config import RecipeConfig, dump_recipe
+from rl.dapo import collect_groups, concat_scores, mask_rows
 from rl.distributed import Dist, dump_weights_for_debug, generate_seeded, make_accelerator
 from rl.kl import KL_ESTIMATORS
 from rl.logprobs import completion_logprobs
 from rl.losses import LOSSES, normaliser
 from rl.memory import HalvingChunks
 from rl.modeling import Policy, load_policy, load_tokenizer, resolve_source, save_final
+from rl.moe.control import attach_router_control
 from rl.optim import OPTIMIZERS
+from rl.plots import write_plots
 from rl.progress import StepProgress, console, summary_table
 from rl.runlog import MetricsLog, atomic_write_text
+from rl.trackers import open_trackers
 from rollouts.backends import BACKENDS
 from rollouts.data import PromptSampler, PromptSets, load_prompt_sets
 from rollouts.records import RolloutBatch, SequenceTensors, to_tensors
+from rollouts.store import RolloutStore
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +97,7 @@ class GRPOTrainer:
             self.policy.model, self.policy.tokenizer, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
             top_p=r.top_p, top_k=r.top_k, batch_size=r.generation_batch_size,
         )  # fmt: skip
+        self.moe = attach_router_control(self.policy.model, cfg.moe)  # before collecting params: may freeze routers
         a, t = cfg.algorithm, cfg.training
         optimizer = OPTIMIZERS.get(t.optimizer)(
             [p for p in self.policy.model.parameters() if p.requires_grad], lr=t.lr, betas=t.adam_betas,
@@ -112,6 +118,8 @@ class GRPOTrainer:
         self.kl_fn = KL_ESTIMATORS.get(a.kl_estimator) if a.beta > 0 else None
         self.sampler = PromptSampler(self.data.train, seed=t.seed)  # the same global order on every process
         self.metrics_log = MetricsLog(self.run_dir / "metrics.jsonl")
+        lg = cfg.logging
+        self.rollout_store = RolloutStore(self.run_dir, every=lg.rollouts_every, max_groups=lg.rollouts_max_groups)
         self.step = 0
         self.base_eval: dict[str, float] | None = None
         self.started = time.time()
@@ -119,6 +127,10 @@ class GRPOTrainer:
             seed_everything(t.seed + 1_000_003 * self.dist.rank)
         if resume:
             self._resume()
+        self.trackers = open_trackers(  # process 0 only: one W&B / TensorBoard run per training run
+            lg.trackers if self.dist.is_main else [], self.run_dir, cfg.to_dict(), project=lg.project,
+            run_name=lg.run_name, start_step=self.step,
+        )  # fmt: skip
 
     # ----------------------------------------------------------------- run
     def train(self) -> dict[str, Any]:
@@ -138,6 +150,7 @@ class GRPOTrainer:
                     metrics.update({f"eval/{k}": v for k, v in self.evaluate().items()})
                 if main:
                     self.metrics_log.append({"step": self.step, **metrics})
+                    self.trackers.log(self.step, metrics)
                 progress.update(metrics)
                 if save_every and self.step % save_every == 0:
                     self.save_checkpoint()
@@ -168,6 +181,9 @@ class GRPOTrainer:
         if self.dist.is_main:
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
             console.print(summary_table(summary))
+            self.trackers.close()
+            if self.cfg.logging.plots:
+                console.print(f"plots: {self.run_dir / 'plots'} ({len(write_plots(self.run_dir).written)} PNGs)")
         self.dist.barrier()  # no process exits (and tears the group down) while process 0 still writes
         return summary
 
@@ -175,46 +191,83 @@ class GRPOTrainer:
     def train_step(self) -> dict[str, Any]:
         a = self.cfg.algorithm
         t0 = time.time()
-        prompts = self.sampler.take(a.prompts_per_step)
-        group_ids = [self.step * a.prompts_per_step + i for i in range(len(prompts))]  # unique over the run
-        # Every process drew the same global list; each keeps every N-th group (a group never spans processes).
-        prompts, group_ids = self.dist.shard(prompts), self.dist.shard(group_ids)
-        batch = self._generate(prompts, group_ids)
-        t_gen = time.time()
-        scores = self.scorer.score(batch.prompt_texts, batch.texts, batch.columns())
-        reward_B = torch.tensor([math.nan if v is None else v for v in scores.total], dtype=torch.float32)
+        # DAPO dynamic sampling may take several rounds; reward metrics cover every sampled group (the policy's
+        # unfiltered reward), the update only the kept ones.
+        sampled = collect_groups(
+            self._generate, self._score, prompts=a.prompts_per_step, dynamic=a.dynamic_sampling,
+            max_rounds=a.max_sampling_rounds,
+        )  # fmt: skip
+        batch, reward_B = sampled.kept, sampled.reward_B[sampled.keep_B]
         group_B = torch.tensor(batch.group_ids)
         adv_B = self.advantage_fn(reward_B, group_B, std_scale=a.std_scale)  # groups are process-local
         t_reward = time.time()
         seq = to_tensors(batch.completions, self.policy.tokenizer.pad_token_id).to(self.device)
+        if a.mask_truncated:  # DAPO overlong filtering: cut completions leave the loss, not the advantages
+            seq.completion_mask_BT = mask_rows(
+                seq.completion_mask_BT, torch.tensor([c.finish_reason == "length" for c in batch.completions])
+            )
         train_metrics = self._update(seq, adv_B.to(self.device), batch)
         t_end = time.time()
+        # Stored after _update (it fills the logprobs): every sampled group, the ones dynamic sampling dropped too
+        # (advantage 0, kept=False) - collapsed groups are exactly what people look for in rollouts.
+        adv_all_B = torch.zeros(len(sampled.batch))
+        adv_all_B[sampled.keep_B] = adv_B.float()
+        self._store_rollouts(sampled, adv_all_B)
         return self.dist.reduce_metrics({
-            **reward_metrics(scores, self.dist.gather(reward_B), self.dist.gather(group_B)),
+            **reward_metrics(sampled.scores, self.dist.gather(sampled.reward_B),
+                             self.dist.gather(torch.tensor(sampled.batch.group_ids))),
             **train_metrics,
             **length_metrics(batch),
             "adv_abs_mean": adv_B.abs().mean().item(),
             "lr": self.scheduler.get_last_lr()[0],
-            "tokens_per_s": sum(c.num_tokens for c in batch.completions) / max(t_end - t0, 1e-9),
-            "time/generate": t_gen - t0,
-            "time/reward": t_reward - t_gen,
+            "tokens_per_s": sum(c.num_tokens for c in sampled.batch.completions) / max(t_end - t0, 1e-9),
+            **sampled.metrics,
             "time/train": t_end - t_reward,
             "time/step": t_end - t0,
         })  # fmt: skip
 
-    def _generate(self, prompts, group_ids) -> RolloutBatch:
+    def _generate(self, n: int) -> RolloutBatch:
+        first = self.sampler.position  # group ids = prompt draw counts: unique over the run, stable on resume
+        prompts = self.sampler.take(n)
+        group_ids = list(range(first, first + len(prompts)))
+        # Every process drew the same global list; each keeps every N-th group (a group never spans processes).
+        prompts, group_ids = self.dist.shard(prompts), self.dist.shard(group_ids)
         G = self.cfg.algorithm.num_generations
         if self.cfg.rollout.seeded_groups:
             return generate_seeded(self.backend, prompts, group_ids, num_generations=G, seed=self.cfg.training.seed,
                                    device=self.device)  # fmt: skip
         return self.backend.generate(prompts, group_ids, num_generations=G)
 
+    def _store_rollouts(self, sampled, adv_all_B: torch.Tensor) -> None:
+        """Every process's groups go to process 0, which writes the step's rollout file."""
+        step = self.step + 1
+        if not self.rollout_store.wants(step):
+            return
+        kept = sampled.keep_B.tolist()
+        parts = self.dist.gather_objects((sampled.batch.completions, sampled.scores, adv_all_B.tolist(), kept))
+        if self.dist.is_main:
+            completions, scores, adv, kept = zip(*parts, strict=True)
+            self.rollout_store.write(
+                step, RolloutBatch([c for cs in completions for c in cs]), concat_scores(scores),
+                torch.tensor([x for xs in adv for x in xs]), extra={"kept": [x for xs in kept for x in xs]},
+            )  # fmt: skip
+
+    def _score(self, batch: RolloutBatch) -> tuple[RewardScores, torch.Tensor]:
+        scores = self.scorer.score(batch.prompt_texts, batch.texts, batch.columns())
+        return scores, torch.tensor([math.nan if v is None else v for v in scores.total], dtype=torch.float32)
+
     def _logprobs(self, model, seq: SequenceTensors) -> torch.Tensor:
         return completion_logprobs(model, seq, temperature=self.cfg.rollout.temperature)[0]
 
     @torch.no_grad()
-    def _logprobs_nograd(self, model, seq: SequenceTensors) -> torch.Tensor:
-        return self.logprob_chunks.run(lambda rows: self._logprobs(model, seq.select(rows)), seq.input_ids_BL.shape[0])
+    def _logprobs_nograd(self, model, seq: SequenceTensors, moe_phase: str | None = None) -> torch.Tensor:
+        def chunk(rows: torch.Tensor) -> torch.Tensor:
+            self.moe.begin_forward(moe_phase, rows)  # "record": store each token's experts for replay and flip rates
+            return self._logprobs(model, seq.select(rows))
+
+        out = self.logprob_chunks.run(chunk, seq.input_ids_BL.shape[0])
+        self.moe.begin_forward(None)
+        return out
 
     def _update(self, seq: SequenceTensors, adv_B: torch.Tensor, batch: RolloutBatch) -> dict[str, float]:
         a, t = self.cfg.algorithm, self.cfg.training
@@ -223,8 +276,9 @@ class GRPOTrainer:
         mini, micro = self.sizes.mini, self.sizes.micro  # this process's rows (rl.distributed.local_sizes)
         # With a single on-policy update, pi_old == pi_theta: the first forward's detached logp *is* old_logp, which
         # saves a forward (the ratio is exactly 1, the gradient is the policy gradient). Otherwise compute it once.
-        on_policy = a.num_iterations == 1 and mini == B
-        old_logp_BT = None if on_policy else self._logprobs_nograd(model, seq)
+        on_policy = a.num_iterations == 1 and mini == B and not self.moe.needs_old_forward
+        self.moe.begin_step(seq.attention_mask_BL)
+        old_logp_BT = None if on_policy else self._logprobs_nograd(model, seq, moe_phase="record")
         ref_logp_BT = None
         if self.kl_fn is not None:
             with self.policy.as_reference() as ref:
@@ -243,6 +297,7 @@ class GRPOTrainer:
                 for j, rows in enumerate(chunks):
                     sub = seq.select(rows)
                     with self.dist.no_sync(self.train_model, last=j == len(chunks) - 1):
+                        self.moe.begin_forward("train", rows)  # replays recorded experts; active through backward
                         logp_BT = self._logprobs(self.train_model, sub)
                         old = logp_BT.detach() if on_policy else old_logp_BT[rows]
                         kl_BT = self.kl_fn(logp_BT, ref_logp_BT[rows]) if self.kl_fn else None
@@ -250,6 +305,7 @@ class GRPOTrainer:
                             logp_BT, old, adv_B[rows], sub.completion_mask_BT, kl_BT=kl_BT, beta=a.beta,
                             max_len=self.cfg.rollout.max_new_tokens, **self.loss_kwargs,
                         )  # fmt: skip
+                        loss, m = self.moe.add_aux_loss(loss, m)
                         share = (sub.completion_mask_BT.sum() if tokens else len(rows)) / unit
                         self.dist.accelerator.backward(loss * share)
                     sums["loss"] += loss.item() * float(share)
@@ -268,7 +324,7 @@ class GRPOTrainer:
         if not on_policy:
             for r, c in enumerate(batch.completions):
                 c.logprobs = old_logp_BT[r, : c.num_tokens].cpu().tolist()
-        return {k: v / n_updates for k, v in sums.items()}
+        return {**{k: v / n_updates for k, v in sums.items()}, **self.moe.end_step()}
 
     # ---------------------------------------------------------------- eval
     @torch.no_grad()
@@ -319,6 +375,7 @@ class GRPOTrainer:
         self.started = time.time() - state.get("elapsed", 0.0)
         if self.dist.is_main:
             self.metrics_log.truncate_after(self.step)
+            self.rollout_store.truncate_after(self.step)
             console.print(f"resumed from {ckpt} (step {self.step})")
 
 
