@@ -63,13 +63,21 @@ class DataConfig:
     task: str | None = "arith"
     """Synthetic task generated locally (``arith``); set to null when ``path`` is used."""
     path: str | None = None
-    """A JSONL file or a hub dataset id with a prompt column and the columns the rewards need."""
+    """A hub dataset id, or a local file (JSONL/JSON/Parquet/CSV) or directory; a local path wins when it exists."""
+    subset: str | None = None
+    """Hub dataset configuration name (e.g. ``main`` for ``openai/gsm8k``); None = the dataset's default."""
     split: str = "train"
-    """Dataset split when ``path`` is a hub id."""
+    """Dataset split when ``path`` is a hub id or a directory."""
+    adapter: str = "generic"
+    """How a row in the dataset's own schema becomes a prompt + reward columns: ``gsm8k``, ``math``, ``numina``
+    or ``generic`` (``prompt_column`` is the question, every other column is passed on). See rollouts/adapters.py."""
     prompt_column: str = "prompt"
-    """Column holding the question (formatted with ``template``)."""
+    """Column holding the question with the ``generic`` adapter (formatted with ``template``)."""
+    filter: dict[str, list[Any]] = field(default_factory=dict)
+    """Keep only rows whose column holds one of the listed values, e.g. ``{level: [Level 3, Level 4, Level 5]}``."""
     template: str = "qa"
-    """Prompt template name: ``qa`` (short, for tiny models) or ``r1`` (DeepSeek-R1-Zero's)."""
+    """Prompt template: ``qa`` (short, for tiny models), ``r1`` (DeepSeek-R1-Zero's plain text) or ``chat``
+    (the tokenizer's chat template with the R1 system prompt; for instruct models)."""
     num_train: int = 4000
     """Training prompts to draw (synthetic) or keep at most (files)."""
     num_eval: int = 256
@@ -78,7 +86,17 @@ class DataConfig:
     """Seed of the synthetic train/eval split."""
 
     def __post_init__(self) -> None:
+        from rollouts.adapters import ADAPTERS, PROMPT_TEMPLATES
+
         _check((self.task is None) != (self.path is None), "data: set exactly one of data.task and data.path")
+        _check(self.adapter in ADAPTERS, f"data.adapter: unknown {self.adapter!r}; known: {ADAPTERS.names()}")
+        _check(
+            self.template in PROMPT_TEMPLATES, f"data.template: unknown {self.template!r}; known: {PROMPT_TEMPLATES}"
+        )
+        _check(
+            self.task is None or (self.adapter == "generic" and not self.filter),
+            "data.adapter / data.filter: apply to data.path datasets; a synthetic data.task takes neither",
+        )
         _check(self.num_train > 0, f"data.num_train: must be > 0, got {self.num_train}")
         _check(self.num_eval >= 0, f"data.num_eval: must be >= 0, got {self.num_eval}")
 
@@ -97,6 +115,10 @@ class RolloutConfig:
     """Top-k sampling; 0 disables it."""
     generation_batch_size: int | None = None
     """Rows per ``generate`` call (memory bound); None generates the whole step at once."""
+    seeded_groups: bool = False
+    """Generate each group alone with torch's RNG seeded from (training.seed, group id): completions then depend
+    neither on the number of processes nor on which groups share a ``generate`` call, so a 2-process run
+    reproduces the 1-process run. Costs throughput (G rows per call); for checks, not for speed."""
 
     def __post_init__(self) -> None:
         _check(self.max_new_tokens > 0, f"rollout.max_new_tokens: must be > 0, got {self.max_new_tokens}")
@@ -110,9 +132,10 @@ class AlgorithmConfig:
     num_generations: int = 8
     """G: completions sampled per prompt (the group)."""
     batch_size: int = 64
-    """Completions per step (prompts per step = batch_size / num_generations)."""
+    """Completions per step over all processes (prompts per step = batch_size / num_generations); each of N
+    processes takes batch_size / N, which must be a multiple of num_generations (a group never spans processes)."""
     mini_batch_size: int | None = None
-    """Completions per optimizer update; None = one update per pass over the batch."""
+    """Completions per optimizer update over all processes; None = one update per pass over the batch."""
     num_iterations: int = 1
     """mu: passes over each rollout batch (mu > 1 reuses samples with importance ratios, GRPO's mu)."""
     advantage: str = "grpo"
@@ -202,13 +225,20 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     """Gradient-norm clip; 0 disables it."""
     micro_batch_size: int | None = None
-    """Rows per forward/backward; gradients accumulate over a mini-batch. None = whole mini-batch at once."""
+    """Rows per forward/backward in each process; gradients accumulate over the process's share of a mini-batch.
+    None = that whole share at once."""
     seed: int = 0
     """Seed of sampling, shuffling and initialisation."""
     device: str = "auto"
-    """``auto`` (cuda if available), ``cpu``, ``cuda``, ``cuda:1``."""
+    """``auto`` (accelerate's choice: each process's own GPU, else CPU), ``cpu``, ``cuda``, ``cuda:1`` (one
+    process only)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    """Autocast for forward passes on GPU."""
+    """Autocast for forward passes through accelerate (weights stay in ``model.dtype``); fp16 adds loss scaling."""
+    optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
+    """``adamw`` (torch) or ``adamw_8bit`` (bitsandbytes: 8-bit optimizer states, ~4x smaller; GPU only)."""
+    logprob_micro_batch_size: int | None = None
+    """Rows per no-grad log-prob forward (old policy, reference); None = training.micro_batch_size. On CUDA an
+    out-of-memory error halves it and retries, and the smaller size is kept for the rest of the run."""
     torch_threads: int | None = None
     """CPU threads for torch; None keeps torch's default."""
 
@@ -220,6 +250,10 @@ class TrainingConfig:
         _check(self.max_grad_norm >= 0, f"training.max_grad_norm: must be >= 0, got {self.max_grad_norm}")
         _check(len(self.adam_betas) == 2, f"training.adam_betas: expected two numbers, got {self.adam_betas}")
         _check(self.micro_batch_size is None or self.micro_batch_size > 0, "training.micro_batch_size: must be > 0")
+        _check(
+            self.logprob_micro_batch_size is None or self.logprob_micro_batch_size > 0,
+            "training.logprob_micro_batch_size: must be > 0",
+        )
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,16 @@ from dataclasses import dataclass
 from rl.registry import Registry
 from rollouts.records import Prompt
 
-TEMPLATES: Registry[str] = Registry("prompt template")
-TEMPLATES.add(
-    "r1",
+# DeepSeek-R1-Zero's instruction (DeepSeek-R1 paper, Table 1): the plain ``r1`` template, and the system message of
+# the ``chat`` template (rollouts.adapters).
+R1_SYSTEM_PROMPT = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The "
     "assistant first thinks about the reasoning process in the mind and then provides the user with the answer. "
     "The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> tags, "
-    "respectively, i.e., <think> reasoning process here </think><answer> answer here </answer>. "
-    "User: {question}. Assistant:",
+    "respectively, i.e., <think> reasoning process here </think><answer> answer here </answer>."
 )
+TEMPLATES: Registry[str] = Registry("prompt template")
+TEMPLATES.add("r1", R1_SYSTEM_PROMPT + " User: {question}. Assistant:")
 # The tiny models read characters: a short template keeps sequences (and CPU steps) short.
 TEMPLATES.add("qa", "Q: {question}\nA:")
 
