@@ -61,7 +61,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     task: str | None = "arith"
-    """Synthetic task generated locally (``arith``); set to null when ``path`` is used."""
+    """Synthetic task generated locally (``arith``, ``pyfunc``: see ``rollouts.tasks``); null when ``path`` is used."""
     path: str | None = None
     """A JSONL file or a hub dataset id with a prompt column and the columns the rewards need."""
     split: str = "train"
