@@ -129,6 +129,13 @@ class AlgorithmConfig:
     """KL coefficient to the reference model; 0 loads no reference (DAPO, Dr. GRPO)."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     """Per-token KL estimator (k3 is GRPO's)."""
+    dynamic_sampling: bool = False
+    """DAPO dynamic sampling: drop groups whose rewards are all equal (zero advantage) and sample more prompts until
+    the batch holds batch_size / num_generations informative groups (reward metrics still cover every group)."""
+    max_sampling_rounds: int = 3
+    """Generation rounds per step allowed to dynamic sampling; if still short, the step trains on what it has."""
+    mask_truncated: bool = False
+    """DAPO overlong filtering: completions cut at rollout.max_new_tokens are masked out of the loss."""
 
     def __post_init__(self) -> None:
         from rl.advantages import ADVANTAGES
@@ -148,6 +155,8 @@ class AlgorithmConfig:
         )
         _check(self.num_iterations >= 1, f"algorithm.num_iterations: must be >= 1, got {self.num_iterations}")
         _check(self.beta >= 0, f"algorithm.beta: must be >= 0, got {self.beta}")
+        rounds = self.max_sampling_rounds
+        _check(rounds >= 1, f"algorithm.max_sampling_rounds: must be >= 1, got {rounds}")
         for name in ("clip_low", "clip_high"):
             v = getattr(self, name)
             _check(v is None or v >= 0, f"algorithm.{name}: must be >= 0, got {v}")
@@ -225,11 +234,56 @@ class LoggingConfig:
     """Live progress display (rich)."""
     eval_every: int = 0
     """Held-out greedy evaluation every N steps (0 = only before and after training)."""
+    rollouts_every: int = 1
+    """Store the step's completions, rewards and advantages in ``RUN/rollouts/step-N.parquet`` every N steps
+    (0 = never). Open them with ``rollouts.load(run_dir)`` or ``r1kit rollouts RUN``."""
+    rollouts_max_groups: int | None = None
+    """Groups (prompts) stored per sampled step, whole groups only; None stores every group."""
+    trackers: list[str] = field(default_factory=list)
+    """Where metrics go besides ``metrics.jsonl`` (always written): any of ``tensorboard``, ``wandb``, ``trackio``,
+    ``mlflow``. Each needs its package (``pip install 'r1kit[wandb]'``)."""
+    project: str = "r1kit"
+    """Project / experiment name for W&B, trackio and MLflow."""
+    run_name: str | None = None
+    """Run name for the trackers; None = the run directory's name."""
+    plots: bool = True
+    """Write PNG training curves to ``RUN/plots`` at the end of the run (``r1kit plot RUN`` does it any time)."""
 
     def __post_init__(self) -> None:
+        from rl.trackers import TRACKERS
+
         _check(self.save_every >= 0, f"logging.save_every: must be >= 0, got {self.save_every}")
         _check(self.keep_checkpoints >= 1, f"logging.keep_checkpoints: must be >= 1, got {self.keep_checkpoints}")
         _check(self.eval_every >= 0, f"logging.eval_every: must be >= 0, got {self.eval_every}")
+        _check(self.rollouts_every >= 0, f"logging.rollouts_every: must be >= 0, got {self.rollouts_every}")
+        _check(
+            self.rollouts_max_groups is None or self.rollouts_max_groups > 0,
+            f"logging.rollouts_max_groups: must be > 0 or null (all groups), got {self.rollouts_max_groups}",
+        )
+        for name in self.trackers:
+            _check(name in TRACKERS, f"logging.trackers: unknown tracker {name!r}; known: {TRACKERS.names()}")
+        _check(len(set(self.trackers)) == len(self.trackers), f"logging.trackers: duplicates in {self.trackers}")
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    """Routing controls for Mixture-of-Experts policies (ignored by dense models unless a feature is requested)."""
+
+    telemetry: bool = True
+    """Log per-step routing metrics: ``moe/flip_rate``, ``moe/load_max_over_mean``, ``moe/load_entropy/layer_i``,
+    ``moe/expert_load`` (definitions in ``rl/moe/control.py``)."""
+    routing_replay: bool = False
+    """Record each token's top-k experts in the old-policy forward and force them in the training forwards (GSPO's
+    Routing Replay); gate weights still come from the live router. Adds the old-policy forward to on-policy steps."""
+    router_aux_loss_coef: float = 0.0
+    """Weight of the load-balancing loss (Switch eq. 4, over real tokens, mean over MoE layers) added to the policy
+    loss; 0 disables it. With LoRA the routers are frozen, so it only shapes the adapters feeding them."""
+    freeze_router: bool = False
+    """``requires_grad = False`` on router weights (full fine-tuning; LoRA never adapts routers anyway)."""
+
+    def __post_init__(self) -> None:
+        c = self.router_aux_loss_coef
+        _check(math.isfinite(c) and c >= 0, f"moe.router_aux_loss_coef: must be a number >= 0, got {c}")
 
 
 @dataclass(frozen=True)
@@ -241,6 +295,7 @@ class RecipeConfig:
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
 
     def __post_init__(self) -> None:
         mb = self.algorithm.mini_batch_size or self.algorithm.batch_size

@@ -17,19 +17,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from rewards.scoring import RewardScorer, bind_rewards
+from rewards.scoring import RewardScorer, RewardScores, bind_rewards
 from rl.advantages import ADVANTAGES
 from rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rl.config import RecipeConfig, dump_recipe
+from rl.dapo import collect_groups, mask_rows
 from rl.kl import KL_ESTIMATORS
 from rl.logprobs import completion_logprobs
 from rl.losses import LOSSES, normaliser
 from rl.modeling import Policy, load_policy, save_final
+from rl.moe.control import attach_router_control
+from rl.plots import write_plots
 from rl.progress import StepProgress, console, summary_table
 from rl.runlog import MetricsLog, atomic_write_text
+from rl.trackers import open_trackers
 from rollouts.backends import BACKENDS
 from rollouts.data import PromptSampler, PromptSets, load_prompt_sets
 from rollouts.records import RolloutBatch, SequenceTensors, to_tensors
+from rollouts.store import RolloutStore
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +90,7 @@ class GRPOTrainer:
             self.policy.model, self.policy.tokenizer, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
             top_p=r.top_p, top_k=r.top_k, batch_size=r.generation_batch_size,
         )  # fmt: skip
+        self.moe = attach_router_control(self.policy.model, cfg.moe)  # before collecting params: may freeze routers
         a, t = cfg.algorithm, cfg.training
         self.params = [p for p in self.policy.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
@@ -101,11 +107,16 @@ class GRPOTrainer:
         self.kl_fn = KL_ESTIMATORS.get(a.kl_estimator) if a.beta > 0 else None
         self.sampler = PromptSampler(self.data.train, seed=t.seed)
         self.metrics_log = MetricsLog(self.run_dir / "metrics.jsonl")
+        lg = cfg.logging
+        self.rollout_store = RolloutStore(self.run_dir, every=lg.rollouts_every, max_groups=lg.rollouts_max_groups)
         self.step = 0
         self.base_eval: dict[str, float] | None = None
         self.started = time.time()
         if resume:
             self._resume()
+        self.trackers = open_trackers(
+            lg.trackers, self.run_dir, cfg.to_dict(), project=lg.project, run_name=lg.run_name, start_step=self.step
+        )
 
     # ----------------------------------------------------------------- run
     def train(self) -> dict[str, Any]:
@@ -122,6 +133,7 @@ class GRPOTrainer:
                 if cfg.logging.eval_every and self.step % cfg.logging.eval_every == 0:
                     metrics.update({f"eval/{k}": v for k, v in self.evaluate().items()})
                 self.metrics_log.append({"step": self.step, **metrics})
+                self.trackers.log(self.step, metrics)
                 progress.update(metrics)
                 if save_every and self.step % save_every == 0:
                     self.save_checkpoint()
@@ -148,45 +160,74 @@ class GRPOTrainer:
         }
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         console.print(summary_table(summary))
+        self.trackers.close()
+        if self.cfg.logging.plots:
+            console.print(f"plots: {self.run_dir / 'plots'} ({len(write_plots(self.run_dir).written)} PNGs)")
         return summary
 
     # ---------------------------------------------------------------- step
     def train_step(self) -> dict[str, Any]:
         a = self.cfg.algorithm
         t0 = time.time()
-        prompts = self.sampler.take(a.prompts_per_step)
-        group_ids = [self.step * a.prompts_per_step + i for i in range(len(prompts))]  # unique over the run
-        batch = self.backend.generate(prompts, group_ids, num_generations=a.num_generations)
-        t_gen = time.time()
-        scores = self.scorer.score(batch.prompt_texts, batch.texts, batch.columns())
-        reward_B = torch.tensor([math.nan if v is None else v for v in scores.total], dtype=torch.float32)
+        # DAPO dynamic sampling may take several rounds; reward metrics cover every sampled group (the policy's
+        # unfiltered reward), the update only the kept ones.
+        sampled = collect_groups(
+            self._generate, self._score, prompts=a.prompts_per_step, dynamic=a.dynamic_sampling,
+            max_rounds=a.max_sampling_rounds,
+        )  # fmt: skip
+        batch, reward_B = sampled.kept, sampled.reward_B[sampled.keep_B]
         group_B = torch.tensor(batch.group_ids)
         adv_B = self.advantage_fn(reward_B, group_B, std_scale=a.std_scale)
         t_reward = time.time()
         seq = to_tensors(batch.completions, self.policy.tokenizer.pad_token_id).to(self.device)
+        if a.mask_truncated:  # DAPO overlong filtering: cut completions leave the loss, not the advantages
+            seq.completion_mask_BT = mask_rows(
+                seq.completion_mask_BT, torch.tensor([c.finish_reason == "length" for c in batch.completions])
+            )
         train_metrics = self._update(seq, adv_B.to(self.device), batch)
         t_end = time.time()
+        # Stored after _update (it fills the logprobs): every sampled group, the ones dynamic sampling dropped too
+        # (advantage 0, kept=False) - collapsed groups are exactly what people look for in rollouts.
+        adv_all_B = torch.zeros(len(sampled.batch))
+        adv_all_B[sampled.keep_B] = adv_B.float()
+        self.rollout_store.write(
+            self.step + 1, sampled.batch, sampled.scores, adv_all_B, extra={"kept": sampled.keep_B.tolist()}
+        )
         return {
-            **reward_metrics(scores, reward_B, group_B),
+            **reward_metrics(sampled.scores, sampled.reward_B, torch.tensor(sampled.batch.group_ids)),
             **train_metrics,
             **length_metrics(batch),
             "adv_abs_mean": adv_B.abs().mean().item(),
             "lr": self.scheduler.get_last_lr()[0],
-            "tokens_per_s": sum(c.num_tokens for c in batch.completions) / max(t_end - t0, 1e-9),
-            "time/generate": t_gen - t0,
-            "time/reward": t_reward - t_gen,
+            "tokens_per_s": sum(c.num_tokens for c in sampled.batch.completions) / max(t_end - t0, 1e-9),
+            **sampled.metrics,
             "time/train": t_end - t_reward,
             "time/step": t_end - t0,
         }
+
+    def _generate(self, n: int) -> RolloutBatch:
+        first = self.sampler.position  # group ids = prompt draw counts: unique over the run, stable on resume
+        prompts = self.sampler.take(n)
+        group_ids = list(range(first, first + len(prompts)))
+        return self.backend.generate(prompts, group_ids, num_generations=self.cfg.algorithm.num_generations)
+
+    def _score(self, batch: RolloutBatch) -> tuple[RewardScores, torch.Tensor]:
+        scores = self.scorer.score(batch.prompt_texts, batch.texts, batch.columns())
+        return scores, torch.tensor([math.nan if v is None else v for v in scores.total], dtype=torch.float32)
 
     def _logprobs(self, model, seq: SequenceTensors) -> torch.Tensor:
         return completion_logprobs(model, seq, temperature=self.cfg.rollout.temperature)[0]
 
     @torch.no_grad()
-    def _logprobs_nograd(self, model, seq: SequenceTensors) -> torch.Tensor:
+    def _logprobs_nograd(self, model, seq: SequenceTensors, moe_phase: str | None = None) -> torch.Tensor:
         micro = self.cfg.training.micro_batch_size or seq.input_ids_BL.shape[0]
         rows = torch.arange(seq.input_ids_BL.shape[0])
-        return torch.cat([self._logprobs(model, seq.select(r)) for r in rows.split(micro)])
+        out = []
+        for r in rows.split(micro):
+            self.moe.begin_forward(moe_phase, r)  # "record": store each token's experts for replay and flip rates
+            out.append(self._logprobs(model, seq.select(r)))
+        self.moe.begin_forward(None)
+        return torch.cat(out)
 
     def _update(self, seq: SequenceTensors, adv_B: torch.Tensor, batch: RolloutBatch) -> dict[str, float]:
         a, t = self.cfg.algorithm, self.cfg.training
@@ -196,8 +237,9 @@ class GRPOTrainer:
         micro = t.micro_batch_size or mini
         # With a single on-policy update, pi_old == pi_theta: the first forward's detached logp *is* old_logp, which
         # saves a forward (the ratio is exactly 1, the gradient is the policy gradient). Otherwise compute it once.
-        on_policy = a.num_iterations == 1 and mini == B
-        old_logp_BT = None if on_policy else self._logprobs_nograd(model, seq)
+        on_policy = a.num_iterations == 1 and mini == B and not self.moe.needs_old_forward
+        self.moe.begin_step(seq.attention_mask_BL)
+        old_logp_BT = None if on_policy else self._logprobs_nograd(model, seq, moe_phase="record")
         ref_logp_BT = None
         if self.kl_fn is not None:
             with self.policy.as_reference() as ref:
@@ -213,6 +255,7 @@ class GRPOTrainer:
                 unit = mask_BT[mb].sum().clamp(min=1) if normaliser(a.loss) == "tokens" else torch.tensor(len(mb))
                 for rows in mb.split(micro):
                     sub = seq.select(rows)
+                    self.moe.begin_forward("train", rows)  # replays recorded experts; active through backward
                     logp_BT = self._logprobs(model, sub)
                     old = logp_BT.detach() if on_policy else old_logp_BT[rows]
                     kl_BT = self.kl_fn(logp_BT, ref_logp_BT[rows]) if self.kl_fn else None
@@ -220,6 +263,7 @@ class GRPOTrainer:
                         logp_BT, old, adv_B[rows], sub.completion_mask_BT, kl_BT=kl_BT, beta=a.beta,
                         max_len=self.cfg.rollout.max_new_tokens, **self.loss_kwargs,
                     )  # fmt: skip
+                    loss, m = self.moe.add_aux_loss(loss, m)
                     share = (sub.completion_mask_BT.sum() if normaliser(a.loss) == "tokens" else len(rows)) / unit
                     (loss * share).backward()
                     sums["loss"] += loss.item() * float(share)
@@ -237,7 +281,7 @@ class GRPOTrainer:
         if not on_policy:
             for r, c in enumerate(batch.completions):
                 c.logprobs = old_logp_BT[r, : c.num_tokens].cpu().tolist()
-        return {k: v / n_updates for k, v in sums.items()}
+        return {**{k: v / n_updates for k, v in sums.items()}, **self.moe.end_step()}
 
     # ---------------------------------------------------------------- eval
     @torch.no_grad()
@@ -282,6 +326,7 @@ class GRPOTrainer:
         self.base_eval = state["base_eval"]
         self.started = time.time() - state.get("elapsed", 0.0)
         self.metrics_log.truncate_after(self.step)
+        self.rollout_store.truncate_after(self.step)
         console.print(f"resumed from {ckpt} (step {self.step})")
 
 
