@@ -27,7 +27,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedTokenizerFast
 
 from rl.registry import Registry
-from rollouts.tasks import TEMPLATES, arith_demo, split_examples
+from rollouts.tasks import DEMOS, TEMPLATES, split_examples
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,8 @@ class PretrainConfig:
     lr: float = 3e-3
     warmup: int = 50
     mistake_rate: float = 0.6
-    """Share of demonstrations whose shown answer forgets the last term (see ``rollouts.tasks``)."""
+    """Share of demonstrations whose shown answer carries the task's systematic mistake (``rollouts.tasks.DEMOS``:
+    arith forgets the last term, pyfunc's code is off by one)."""
     n_demos: int = 40000
     template: str = "qa"
     seed: int = 0
@@ -145,12 +146,13 @@ class PretrainConfig:
 
 def demo_texts(task: str, cfg: PretrainConfig, *, eval_seed: int, n_eval: int) -> list[tuple[str, str]]:
     """(prompt, completion) pairs for pre-training; excludes the eval questions of ``eval_seed``."""
+    demo = DEMOS.get(task)
     train, _ = split_examples(task, n_train=cfg.n_demos, n_eval=n_eval, seed=eval_seed)
     rng = random.Random(cfg.seed)
     tpl = TEMPLATES.get(cfg.template)
     return [
         (tpl.format(question=d.example.question), d.example.completion(d.shown_answer))
-        for d in (arith_demo(ex, rng, cfg.mistake_rate) for ex in train)
+        for d in (demo(ex, rng, cfg.mistake_rate) for ex in train)
     ]
 
 
