@@ -177,10 +177,15 @@ class Dist:
         times take the max, everything else the mean (processes hold equal numbers of rows)."""
         if self.world_size == 1:
             return metrics
-        keys = list(metrics)
+        keys = [k for k, v in metrics.items() if not isinstance(v, list | tuple)]
         t = torch.tensor([[float(metrics[k]) for k in keys]], dtype=torch.float64, device=self.device)
         all_NK = self.accelerator.gather(t).cpu()
-        return {k: _reduce(k, all_NK[:, i]) for i, k in enumerate(keys)}
+        out = {k: _reduce(k, all_NK[:, i]) for i, k in enumerate(keys)}
+        # Nested lists (e.g. moe/expert_load: layer x expert shares) are averaged element-wise over processes.
+        for k in (k for k in metrics if k not in out):
+            arr = torch.tensor(metrics[k], dtype=torch.float64, device=self.device).unsqueeze(0)
+            out[k] = self.accelerator.gather(arr).cpu().mean(0).tolist()
+        return out
 
 
 def _reduce(key: str, v_N: torch.Tensor) -> float:
