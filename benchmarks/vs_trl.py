@@ -299,7 +299,8 @@ def main(argv=None) -> None:
     for rep in range(a.repeats):
         for engine in engines if rep % 2 == 0 else engines[::-1]:
             runs[engine].append(child(a, engine, rep))
-            print(f"repeat {rep} {engine}: median step {statistics.median(s['s'] for s in runs[engine][-1]['steps'][a.warmup:]):.3f} s", file=sys.stderr)  # noqa: E501
+            med = statistics.median(s["s"] for s in runs[engine][-1]["steps"][a.warmup :])
+            print(f"repeat {rep} {engine}: median step {med:.3f} s", file=sys.stderr)
     result = summarise(a, runs)
     text = json.dumps(result, indent=2)
     print(text)
