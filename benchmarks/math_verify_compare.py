@@ -22,7 +22,9 @@ DEFAULT_CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "data" 
 DISPUTED = {
     "c0028": "the answer 9 is stated in delimited math; the label asserts a math-verify extraction artefact",
     "c0029": "same as c0028 with \\( \\)",
+    "c0180": "x \\in [-2,7] and -2 <= x <= 7 are one set; the label encodes allow_set_relation_comp=False",
     "c0183": "\\text{13} is 13; c0512 is the same pair labelled equal",
+    "c0244": "f(x) and f(y) differ as expressions; the label holds only under math-verify's strict=False renaming",
     "c0327": "'11\\n5/6' does not state 5; the label asserts an extraction artefact (convention_note)",
     "c0329": "same as c0327 with \\r\\n",
     "c0413": "comma lists are order-free here (as in Math-Verify and c0187/c0210); hendrycks convention",

@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import string
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -167,7 +168,9 @@ def pretrain(
     rng = random.Random(cfg.seed)
     model.train()
     losses = []
-    bar = tqdm(range(cfg.steps), desc="pre-training tiny base", disable=not progress)
+    # In a log file (CI, nohup) redraw rarely: a bar per step would bury the rest of the output.
+    redraw_s = 0.1 if sys.stderr.isatty() else 30
+    bar = tqdm(range(cfg.steps), desc="pre-training tiny base", disable=not progress, mininterval=redraw_s)
     for _ in bar:
         ids, attn, labels = _lm_batch(tokenizer, rng.sample(pairs, cfg.batch_size))
         loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -67,6 +68,10 @@ EQUAL = [
     ("23456", "$23{,}456$"),  # LaTeX thousands separators
     ("23456", "23 {, } 456"),
     ("12.5", "so it's not 7 but 12.5kg"),  # prose around a number is not an expression
+    ("4", "$19 \\bmod 5 = 4$"),  # an equation states its right side even when the left does not parse
+    ("\\sqrt{3}", "the answer is sqrt(3)"),
+    ("\\sum_{k=1}^{n} k", "\\frac{n(n+1)}{2}"),  # sums are compared at whole n
+    ("\\prod_{k=1}^{n} k", "n!"),
 ]
 NOT_EQUAL = [
     ("7425000", "7,425,001"),
@@ -91,6 +96,9 @@ NOT_EQUAL = [
     ("2 \\le |t| \\le 5", "[2, 5]"),
     ("15", "3 5"),  # numbers side by side are not a product
     ("2, 4, 6", "2, 4, 6, ..."),  # an open-ended list is not the finite one
+    ("0", "$\\sum_{j=0}^m\\bigl(j\\bigr)$"),  # digits inside a formula that does not parse are no answer
+    ("9", "We get $x = 3$ here."),
+    ("\\sum_{k=1}^{n} k", "\\frac{n(n-1)}{2}"),
 ]
 
 
@@ -114,10 +122,31 @@ def test_not_equal(gold, pred):
         ("We find $x$ and then \\(3\\)", "3"),
         ("Then \\[ 9 \\]", "9"),
         ("so there are 13 birds", "13"),
+        # a made-up next chat turn is not part of the answer
+        ("So \\boxed{7}. <|im_start|>user\nAnother one? <|im_start|>assistant\n\\boxed{9}", "7"),
+        # a final-answer sentence after a box (of a sub-step) overrides it
+        ("First \\boxed{3} for the sub-step. Final Answer: The final answer is $41$. I hope it is correct.", "41"),
+        # an answer sentence in prose: its first quantity
+        ("Final Answer: The smallest $k$ that works is 6.", "6"),
+        ("Réponse : il reste 45 billes au total, pas 3.", "45"),
+        # a number said after the last formula is the conclusion
+        ("We set $a = 2b$ and $b = 4$, so in total there are 9 cookies.", "9"),
+        # boxes that give one answer together
+        ("\\(a = \\boxed{1}\\) and \\(b = \\boxed{2}\\)", "1, 2"),
+        ("\\boxed{1} \\text{ for (i) and } \\boxed{2}", "1, 2"),
+        ("\\boxed{1} // \\boxed{2}", "1, 2"),
+        ("\\\\boxed{5} ; \\\\boxed{6}", "5, 6"),  # doubled escapes
+        # ... and a later box that corrects an earlier one
+        ("\\boxed{1}. After checking the computation again, the true value is \\boxed{2}", "2"),
     ],
 )
 def test_extract(completion, expected):
     assert extract_answer(completion) == expected
+
+
+def test_gold_with_an_unclosed_box_and_gold_sentences():
+    assert verify("The answer is \\boxed{x = 3", "3")
+    assert verify("the answer is sqrt(3)", "so we get \\boxed{\\sqrt{3}}")
 
 
 def test_unparseable_gold_abstains_and_missing_answer_scores_zero():
@@ -127,6 +156,48 @@ def test_unparseable_gold_abstains_and_missing_answer_scores_zero():
     assert check("\\weird{3}", "\\weird{4}") is None
     reward = REWARDS.get("math_accuracy")
     assert reward(["p", "p"], ["no answer here", "\\boxed{3}"], answer=["3", "\\frac{"]) == [0.0, None]
+
+
+# Numbers LaTeX can spell: the in-process fast path (exact fractions, rounding rules) against the full path, where
+# both sides go through the LaTeX grammar into sympy. Every pair of the list is compared both ways.
+NUMERIC = [
+    "1/3", "0.33", "0.333", "0.3", "2.5", "5/2", "0.001", "3.14159", "3.1416", "100", "100.0", "-40/9", "28",
+    "1000.99", "\\frac{7}{4}", "1.75", "-0", "0", "1/8", "0.125", "2/3", "0.67", "0.667", "1 \\times 10^3", "1000",
+    "0.0001", "0.00011", "123456789", "123456788", "-\\frac{1}{2}", "-0.5", "0.50", "2.23", "2.232", "1.00001", "1",
+    "1/7", "0.142857", "0.14", "0.143",
+]  # fmt: skip
+
+
+def test_fast_path_agrees_with_sympy_path_on_numbers():
+    from rewards.math.compare import equal, sympy_equal, to_sympy
+    from rewards.math.structure import Atom
+
+    disagree = []
+    for g in NUMERIC:
+        for p in NUMERIC:
+            fast = equal(Atom(g), Atom(p), use_sympy=False)  # raises NeedsSympy if it is not the fast path
+            full = sympy_equal(to_sympy(g), to_sympy(p))
+            if fast != full:
+                disagree.append((g, p, fast, full))
+    assert disagree == []
+
+
+def test_check_overrunning_its_limit_kills_and_replaces_the_worker(monkeypatch):
+    mv = importlib.import_module("rewards.math.verify")  # the package exports a function of the same name
+    pool = mv.pool()
+    pool.start()
+    before = {w.proc.pid: w.proc for w in pool._idle}
+    monkeypatch.setattr(mv, "_DECIDE", "rewards.math.verify:_stall")  # the worker now never answers
+    t = time.monotonic()
+    assert check("x^2", "x \\cdot x", timeout_s=0.5) is False
+    assert time.monotonic() - t < 1.0  # the budget holds, killing included
+    monkeypatch.undo()
+    killed = [proc for pid, proc in before.items() if proc.poll() is not None]
+    assert len(killed) == 1 and killed[0].returncode == -9  # SIGKILL
+    pool.start()
+    assert len(pool._idle) == pool.size  # a fresh worker took its place
+    assert {w.proc.pid for w in pool._idle} != set(before)
+    assert check("x^2", "x \\cdot x") is True
 
 
 MARKER = "/tmp/r1kit_math_pwned"

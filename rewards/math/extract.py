@@ -1,9 +1,15 @@
 """Finding the final answer in a completion: pure string work, no math.
 
 ``answer_candidates`` lists the strings that may hold the answer, best first; the checker uses the first one that
-parses (so ``$\\sum...$ and $42$`` still yields ``42`` when the sum cannot be parsed). Priority:
-``<answer>`` tags, the last ``\\boxed{}``/``\\fbox{}`` (adjacent boxes joined: ``\\boxed{1} and \\boxed{2}``),
-"the answer is ...", delimited math (last first), then the last number in the text.
+parses (so ``$\\sum...$ and $42$`` still yields ``42`` when the sum cannot be parsed). Only the text before a
+chat-turn token (``<|im_start|>``), after ``</think>`` and inside the last ``<answer>`` is searched. Priority:
+
+1. the last ``\\boxed{}``/``\\fbox{}`` (boxes that belong together joined: ``\\boxed{1} and \\boxed{2}``) and the
+   last "the answer is ..." -- the later of the two first; an answer sentence in prose ("Final Answer: The largest
+   $n$ is 34.") gives itself, then its first quantity;
+2. a number stated after the last delimited math ("... $d = 90/n$. So there are 12 sequences.");
+3. delimited math, last first; a short bare answer (the whole text);
+4. the last number outside formulas (digits inside ``$\\sum_{k=0}^n k$`` are not an answer).
 
 >>> answer_candidates("<think>2+2</think><answer>The answer is \\\\boxed{4}.</answer>")[0]
 '4'
@@ -22,7 +28,7 @@ MAX_COMPLETION_CHARS = 100_000
 MAX_ANSWER_CHARS = 1_000
 """Longer candidate answers are dropped: no real final answer is that long, and parsing cost grows with size."""
 
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BOX_RE = re.compile(r"\\{1,2}(?:boxed|fbox)\s*\{")  # "\\boxed{": a doubled escape is still a box
 _ANSWER_TAG_RE = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S)
 _PHRASE_RE = re.compile(
     r"(?:final answer|the answer|answer|réponse)\s*(?:is|:|est|=)?\s*(?:[:：]\s*)?(?:\*\*)?", re.I
@@ -32,6 +38,16 @@ _NUMBER_RE = re.compile(
     r"[-+]?(?:\\frac\{\d+\}\{\d+\}|\d+ \d+/\d+(?![\d/])|\d+(?:[.,]\d+)*(?:/\d+)?)(?:\s*(?:%|\\%))?"
 )
 _JOIN_RE = re.compile(r"^(?:[\s,;.$]|\\[,;!]|\\q?quad|\\text\{[^{}]*\}|\\\)|\\\(|\\\[|\\\]|[A-Za-z()]+)*$")
+_FORMULA_RE = re.compile(r"\\[A-Za-z]|[\^_{}]")
+_TURN_RE = re.compile(r"<\|[a-z_]{2,20}\|>")
+_STATES_RE = re.compile(r"is|:|est|=", re.I)
+_ASSIGN_TAIL_RE = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?\s*=\s*$")
+_SYMBOLS_RE = re.compile(r"[^\w\s=<>\\{}]*")
+_TEXT_WRAP_RE = re.compile(r"\\text\s*\{([^{}]*)\}")
+MAX_PHRASES = 20
+"""Only the last few "answer is" phrases are looked at (a degenerate completion may repeat one thousands of times)."""
+MAX_SENTENCE_CHARS = 200
+"""An answer sentence ("Final Answer: The volume of $ABCH$ is 120.") is searched for a quantity up to this long."""
 _SENTENCE_END_RE = re.compile(r"(?<!\d)\.(?:\s|$)|\.\s|\n|;\s|(?<=\$)\s*\.|\bI hope\b")
 
 
@@ -63,43 +79,97 @@ def boxed_spans(text: str) -> list[tuple[int, int, str]]:
     return spans
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last box, joined with the boxes just before it when only a few words separate them."""
+def last_boxed_span(text: str) -> tuple[int, int, str] | None:
+    """(start, end, content) of the last box, joined with the boxes just before it that belong to it."""
     spans = boxed_spans(text)
     if not spans:
         return None
     group = [spans[-1]]
     for prev in reversed(spans[:-1]):
-        between = text[prev[1] : group[0][0]]
         # "\boxed{1} and \boxed{2}" is one answer; "\boxed{1} ... a paragraph ... \boxed{2}" is a correction.
-        if len(between.split()) > 4 or not _JOIN_RE.match(between):
+        if not _joins(text[prev[1] : group[0][0]]):
             break
         group.insert(0, prev)
-    return ", ".join(c for _, _, c in group)
+    return group[0][0], group[-1][1], ", ".join(c for _, _, c in group)
 
 
-def after_phrase(text: str) -> list[str]:
-    """What follows the last "answer is"/"answer:" up to the end of the sentence, when it looks like math."""
-    matches = list(_PHRASE_RE.finditer(text))
-    for m in reversed(matches):
-        rest = text[m.end() :].lstrip()
+def last_boxed(text: str) -> str | None:
+    span = last_boxed_span(text)
+    return span[2] if span else None
+
+
+def _joins(between: str) -> bool:
+    """Whether two boxes with ``between`` between them give one answer."""
+    between = _ASSIGN_TAIL_RE.sub("", between)  # "\( y_1 = \boxed{..} \) and \( y_2 = \boxed{..} \)"
+    if _SYMBOLS_RE.fullmatch("".join(between.split())):  # "\boxed{1}, \boxed{2}", "\boxed{1} ++ \boxed{2}"
+        return True
+    words = _TEXT_WRAP_RE.sub(r" \1 ", between).split()  # "\text{ for part (a) and }" is four words
+    return len(words) <= 4 and bool(_JOIN_RE.match(between))
+
+
+def open_boxed(text: str) -> str | None:
+    """What follows a last ``\\boxed{`` that is never closed (a gold cut short), or None."""
+    found = list(_BOX_RE.finditer(text))
+    if not found or balanced(text, found[-1].end()) is not None:
+        return None
+    return text[found[-1].end() :].rstrip().rstrip("$").strip() or None
+
+
+def phrase_answer(text: str) -> tuple[int, list[str]] | None:
+    """Where the last "answer is"/"answer:" stands, and what it states: the math or number just after it, or,
+    after "Final Answer: The largest $n$ is 34.", the sentence itself then its first quantity."""
+    for m in list(_PHRASE_RE.finditer(text))[::-1][:MAX_PHRASES]:
+        rest = text[m.end() : m.end() + MAX_ANSWER_CHARS].lstrip()
         if not rest:
             continue
         math = _MATH_RE.match(rest)
         if math:
-            return [next(g for g in math.groups() if g is not None)]
+            return m.start(), [next(g for g in math.groups() if g is not None)]
         end = _SENTENCE_END_RE.search(rest)
-        piece = rest[: end.start()] if end else rest
-        piece = piece.strip().rstrip("*").strip()
-        if piece and (piece[0].isdigit() or piece[0] in "-+(\\[{.$"):
-            return [piece]
-    return []
+        piece = (rest[: end.start()] if end else rest).strip().rstrip("*").strip()
+        if not piece:
+            continue
+        if piece[0].isdigit() or piece[0] in "-+(\\[{.$":
+            return m.start(), [piece]
+        if _STATES_RE.search(m.group()) and len(piece) <= MAX_SENTENCE_CHARS:
+            quantity = first_quantity(piece)
+            if quantity or len(piece.split()) <= 3:  # "The answer is sqrt(2)", "The answer is odd."
+                return m.start(), [piece, *quantity]
+    return None
+
+
+def after_phrase(text: str) -> list[str]:
+    found = phrase_answer(text)
+    return found[1] if found else []
+
+
+def first_quantity(sentence: str) -> list[str]:
+    """The first delimited math holding a digit, or number, in ``sentence`` ("... $f(x)$ is 19" -> 19)."""
+    spans = _math_spans(sentence)
+    found = [(a, c) for a, _, c in spans if re.search(r"\d", c)]
+    number = _NUMBER_RE.search(_blank(sentence, spans))
+    if number:
+        found.append((number.start(), number.group()))
+    return [min(found)[1]] if found else []
+
+
+def _math_spans(text: str) -> list[tuple[int, int, str]]:
+    found = ((m.start(), m.end(), next(g for g in m.groups() if g is not None)) for m in _MATH_RE.finditer(text))
+    return [f for f in found if f[2].strip()]
+
+
+def _blank(text: str, spans: list[tuple[int, int, str]]) -> str:
+    """``text`` with the spans replaced by spaces (positions kept)."""
+    out, pos = [], 0
+    for a, b, _ in spans:
+        out += [text[pos:a], " " * (b - a)]
+        pos = b
+    return "".join(out) + text[pos:]
 
 
 def math_segments(text: str) -> list[str]:
     """Delimited math, last first."""
-    found = [next(g for g in m.groups() if g is not None) for m in _MATH_RE.finditer(text)]
-    return [s for s in reversed(found) if s.strip()]
+    return [c for _, _, c in reversed(_math_spans(text))]
 
 
 def last_number(text: str) -> list[str]:
@@ -108,7 +178,9 @@ def last_number(text: str) -> list[str]:
 
 
 def answer_region(text: str) -> str:
-    """The part of a completion that holds the answer: after ``</think>``, inside the last ``<answer>``."""
+    """The part of a completion that holds the answer: before any chat-turn token (``<|im_start|>``: what follows
+    is a turn the model made up), after ``</think>``, inside the last ``<answer>``."""
+    text = next((t for t in _TURN_RE.split(text) if t.strip()), "")
     text = text[-MAX_COMPLETION_CHARS:]
     head, sep, tail = text.rpartition("</think>")
     if sep and tail.strip():
@@ -122,15 +194,21 @@ def answer_region(text: str) -> str:
 def answer_candidates(text: str) -> list[str]:
     """Candidate answer strings, best first (see the module docstring)."""
     region = answer_region(text)
+    box, phrase = last_boxed_span(region), phrase_answer(region)
     out: list[str] = []
-    boxed = last_boxed(region)
-    if boxed is not None:
-        out.append(boxed)
-    out += after_phrase(region)
-    out += math_segments(region)
+    if phrase and box and phrase[0] >= box[1]:  # "\boxed{255} ... The final answer is $10,455$."
+        out += phrase[1] + [box[2]]
+    else:
+        out += ([box[2]] if box else []) + (phrase[1] if phrase else [])
+    spans = _math_spans(region)
+    # Numbers inside a formula are not answers ("$\sum_{k=0}^n ...$" does not say 0 when it fails to parse).
+    number = list(_NUMBER_RE.finditer(_blank(region, [s for s in spans if _FORMULA_RE.search(s[2])])))
+    if spans and number and number[-1].start() >= spans[-1][1]:
+        out.append(number[-1].group())  # "... $d = 90/n$. So there are 12 sequences.": the number comes last
+    out += [c for _, _, c in reversed(spans)]
     if len(region) <= 120 and "$" not in region:
         out.append(region)  # a bare answer: "x^2 + 2*x + 1", "(1,4.5)", "4 4/9"
-    out += last_number(region)
+    out += [number[-1].group()] if number else []
     seen, unique = set(), []
     for c in out:
         c = c.strip()

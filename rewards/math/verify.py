@@ -15,17 +15,23 @@ True
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 from rewards.math.compare import NeedsSympy, equal, valid
-from rewards.math.extract import _MATH_RE, after_phrase, answer_candidates, answer_region, last_boxed
+from rewards.math.extract import _MATH_RE, after_phrase, answer_candidates, answer_region, last_boxed, open_boxed
 from rewards.math.normalize import normalize
 from rewards.math.pool import CheckTimeout, TimeoutPool, WorkerLost
 from rewards.math.structure import Choice, Node, parse_answer, parse_choice
 
 DEFAULT_TIMEOUT_S = 1.0
+"""Wall-clock budget of one check, in-process parsing included; the worker's hard limit is what remains of it."""
+KILL_MARGIN_S = 0.02
+"""Kept back from the budget for killing and replacing an overrunning worker."""
+_DECIDE = "rewards.math.verify:decide"
+"""What a worker runs for a check (tests point it at ``_stall``)."""
 MAX_CANDIDATES = 6
 
 _POOL: TimeoutPool | None = None
@@ -37,9 +43,15 @@ _LETTER_ANY_RE = re.compile(r"(?<![A-Za-z])([A-E])(?![A-Za-z])")
 
 
 def _warmup() -> None:
-    from rewards.math.compare import to_sympy
+    from rewards.math.compare import WARMUP_TEX, to_sympy
 
-    to_sympy("\\frac{1}{2}+x")
+    for tex in WARMUP_TEX:
+        to_sympy(tex)
+
+
+def _stall(*args: object) -> None:
+    """Test hook: a "check" that never finishes, to drive the overrun-kill path (``tests/test_math_verify.py``)."""
+    time.sleep(3600)
 
 
 def pool() -> TimeoutPool:
@@ -65,6 +77,8 @@ def parse_gold(gold: str) -> Node | None:
     if choice is not None:
         return choice
     boxed = last_boxed(gold)
+    if boxed is None:
+        boxed = open_boxed(gold)  # "\\boxed{W(n) = 1 \\text{ and } W(n) = -1" lost its closing brace
     candidates = [boxed] if boxed is not None else []
     candidates += after_phrase(gold)
     if len(gold) <= 300:
@@ -131,6 +145,7 @@ def decide(gold: Node, preds: tuple[Node, ...], use_sympy: bool) -> bool | None:
 
 def check(gold: str, prediction: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool | None:
     """Like ``verify`` but None when the gold cannot be parsed (the reward then abstains)."""
+    start = time.monotonic()
     gold_node = parse_gold(gold)
     if gold_node is None:
         return None
@@ -139,8 +154,11 @@ def check(gold: str, prediction: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> b
         return decide(gold_node, preds, use_sympy=False)
     except NeedsSympy:
         pass
+    limit = timeout_s - (time.monotonic() - start) - KILL_MARGIN_S
+    if limit <= 0:
+        return False
     try:
-        return pool().run("rewards.math.verify:decide", (gold_node, preds, True), timeout_s)
+        return pool().run(_DECIDE, (gold_node, preds, True), limit)
     except (CheckTimeout, WorkerLost):
         return False
 

@@ -1,0 +1,36 @@
+"""Code execution rewards: untrusted, model-written programs judged locally in a layered sandbox.
+
+* ``cases``    test formats (stdio / function / asserts) and program extraction
+* ``harness``  runs inside the sandbox: confines itself, runs the program, reports raw values on a framed pipe
+* ``confine``  rlimits, Landlock and seccomp via raw syscalls (used by the harness)
+* ``tiers``    bwrap > unshare > process > rlimits (opt-in); chosen at start-up by trying each for real
+* ``runner``   slot pool (one uid, tmpfs and cgroup per slot), the guarded run, verdicts in the parent
+* ``reward``   ``code_accuracy`` and ``code_all_pass``
+
+Grading protocol: expected values never enter the sandbox, exit status is never a pass, and only the values the
+harness reports are compared, here, by plain type-exact equality.
+"""
+
+from __future__ import annotations
+
+from rewards.code.api import get_sandbox, run, run_many
+from rewards.code.cases import Case, TestSpec, extract_program, parse_tests
+from rewards.code.reward import code_accuracy, code_all_pass
+from rewards.code.runner import CodeResult, Limits, Outcome, Sandbox, SandboxUnavailableError
+
+__all__ = [
+    "Case",
+    "CodeResult",
+    "code_accuracy",
+    "code_all_pass",
+    "Limits",
+    "Outcome",
+    "Sandbox",
+    "SandboxUnavailableError",
+    "TestSpec",
+    "extract_program",
+    "get_sandbox",
+    "parse_tests",
+    "run",
+    "run_many",
+]

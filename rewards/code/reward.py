@@ -1,0 +1,105 @@
+"""The ``code_accuracy`` and ``code_all_pass`` rewards: extract the program, run it in the sandbox, score."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rewards.base import Scored, register_reward
+from rewards.code.api import get_sandbox, run_many
+
+
+def _score(
+    completions: Sequence[str],
+    tests: Sequence[Any],
+    *,
+    all_pass: bool,
+    no_program: str,
+    timeout_s: float,
+    memory_mb: int,
+    float_tol: float | None,
+    allow_forgeable: bool,
+) -> list[Scored]:
+    if no_program not in ("zero", "abstain"):
+        raise ValueError(f"no_program: expected 'zero' or 'abstain', got {no_program!r}")
+    results = run_many(
+        list(completions),
+        list(tests),
+        extract=True,
+        stop_on_fail=all_pass,
+        timeout_s=timeout_s,
+        memory_mb=memory_mb,
+        float_tol=float_tol,
+        allow_forgeable=allow_forgeable,
+    )
+    backend = get_sandbox().tier.name
+    out = []
+    for res in results:
+        if res is None:  # no code block in the completion
+            out.append(
+                Scored(
+                    None if no_program == "abstain" else 0.0,
+                    {"backend": backend, "outcomes": [], "error": "no program found"},
+                )
+            )
+            continue
+        if all(
+            o.status == "skipped" for o in res.outcomes
+        ):  # nothing gradable (e.g. only unconvertible asserts without opt-in)
+            out.append(Scored(None, {"backend": res.backend, "outcomes": [], "error": "no gradable test case"}))
+            continue
+        value = float(res.pass_fraction == 1.0) if all_pass else res.pass_fraction
+        out.append(Scored(value, {"backend": res.backend, "outcomes": res.outcomes_json()}))
+    return out
+
+
+@register_reward("code_accuracy", detailed=True)
+def code_accuracy(
+    prompts: list[str],
+    completions: list[str],
+    tests: list[Any],
+    *,
+    no_program: str = "zero",
+    timeout_s: float = 3.0,
+    memory_mb: int = 512,
+    float_tol: float | None = None,
+    allow_forgeable: bool = False,
+    **kwargs: Any,
+) -> list[Scored]:
+    """Fraction of test cases passed by the last code block of each completion (see ``rewards.code``)."""
+    return _score(
+        completions,
+        tests,
+        all_pass=False,
+        no_program=no_program,
+        timeout_s=timeout_s,
+        memory_mb=memory_mb,
+        float_tol=float_tol,
+        allow_forgeable=allow_forgeable,
+    )
+
+
+@register_reward("code_all_pass", detailed=True)
+def code_all_pass(
+    prompts: list[str],
+    completions: list[str],
+    tests: list[Any],
+    *,
+    no_program: str = "zero",
+    timeout_s: float = 3.0,
+    memory_mb: int = 512,
+    float_tol: float | None = None,
+    allow_forgeable: bool = False,
+    **kwargs: Any,
+) -> list[Scored]:
+    """1.0 when every test case passes, else 0.0; stops a program at its first failing case."""
+    return _score(
+        completions,
+        tests,
+        all_pass=True,
+        no_program=no_program,
+        timeout_s=timeout_s,
+        memory_mb=memory_mb,
+        float_tol=float_tol,
+        allow_forgeable=allow_forgeable,
+    )
