@@ -97,6 +97,9 @@ class RolloutConfig:
     """Top-k sampling; 0 disables it."""
     generation_batch_size: int | None = None
     """Rows per ``generate`` call (memory bound); None generates the whole step at once."""
+    sampler: Literal["r1kit", "generate"] = "r1kit"
+    """Decoding loop: r1kit's (each prompt prefilled once per group, finished rows dropped) or transformers'
+    ``model.generate`` (the reference; same tokens under the same seed, slower on small models)."""
 
     def __post_init__(self) -> None:
         _check(self.max_new_tokens > 0, f"rollout.max_new_tokens: must be > 0, got {self.max_new_tokens}")

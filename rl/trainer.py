@@ -83,7 +83,7 @@ class GRPOTrainer:
         r = cfg.rollout
         self.backend = BACKENDS.get(r.backend)(
             self.policy.model, self.policy.tokenizer, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-            top_p=r.top_p, top_k=r.top_k, batch_size=r.generation_batch_size,
+            top_p=r.top_p, top_k=r.top_k, batch_size=r.generation_batch_size, sampler=r.sampler,
         )  # fmt: skip
         a, t = cfg.algorithm, cfg.training
         self.params = [p for p in self.policy.model.parameters() if p.requires_grad]
