@@ -55,6 +55,12 @@ EVAL_SEED, NUM_EVAL = 1234, 256  # the recipe defaults: the cached tiny base was
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="tiny://deepseek_v3/arith", help="tiny://family/task (pre-trained on use)")
+    p.add_argument(
+        "--random-init",
+        metavar="K=V,...",
+        help="time a randomly initialised model of the --model family instead, with these config overrides "
+        "(e.g. hidden_size=256); rewards are then meaningless and completions run to the cap (for scaling curves)",
+    )
     p.add_argument("--steps", type=int, default=20, help="RL steps per run")
     p.add_argument("--warmup", type=int, default=2, help="first steps of each run left out of the timings")
     p.add_argument("--last", type=int, default=5, help="reward = mean over this many last steps")
@@ -152,7 +158,9 @@ def run_trl(a: argparse.Namespace) -> dict:
     from rl.tiny import ensure_tiny_base
 
     torch.set_num_threads(a.threads)
-    path = ensure_tiny_base(a.model, eval_seed=EVAL_SEED, n_eval=NUM_EVAL)
+    path = (
+        ensure_tiny_base(a.model, eval_seed=EVAL_SEED, n_eval=NUM_EVAL) if a.model.startswith("tiny://") else a.model
+    )
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     data = Dataset.from_list([{"prompt": p.text, **p.columns} for p in prompt_stream(a)])
@@ -212,6 +220,23 @@ def evaluate_like_r1kit(a: argparse.Namespace, model, tokenizer) -> float:
     batch = backend.generate(sets.eval, list(range(len(sets.eval))), num_generations=1, greedy=True)
     vals = scorer.score(batch.prompt_texts, batch.texts, batch.columns()).values["math_accuracy"]
     return sum(v or 0.0 for v in vals) / len(vals)
+
+
+def build_random_model(a: argparse.Namespace) -> tuple[str, int]:
+    """A randomly initialised model of ``--model``'s family with ``--random-init`` overrides, saved to a temp dir."""
+    from rl.tiny import build_char_tokenizer, parse_tiny_ref, tiny_model
+
+    family, _ = parse_tiny_ref(a.model)
+    overrides = {}
+    for kv in filter(None, a.random_init.split(",")):
+        k, v = kv.split("=")
+        overrides[k] = int(v) if v.lstrip("-").isdigit() else float(v)
+    tok = build_char_tokenizer()
+    model = tiny_model(family, tok, seed=0, **overrides)
+    out = tempfile.mkdtemp(prefix=f"vs_trl_{family}_")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out, sum(p.numel() for p in model.parameters())
 
 
 def peak_rss_mb() -> float:
@@ -294,6 +319,11 @@ def main(argv=None) -> None:
         result = (run_r1kit if a.engine == "r1kit" else run_trl)(a)
         print(json.dumps(result))
         return
+    info = {"model": a.model}
+    if a.random_init is not None:
+        a.model, params = build_random_model(a)
+        a.no_eval = True
+        info |= {"random_init": a.random_init, "params": params}
     engines = [e for e in ENGINES if e in a.engines.split(",")]
     runs: dict[str, list[dict]] = {e: [] for e in engines}
     for rep in range(a.repeats):
@@ -302,6 +332,7 @@ def main(argv=None) -> None:
             med = statistics.median(s["s"] for s in runs[engine][-1]["steps"][a.warmup :])
             print(f"repeat {rep} {engine}: median step {med:.3f} s", file=sys.stderr)
     result = summarise(a, runs)
+    result["settings"] |= info
     text = json.dumps(result, indent=2)
     print(text)
     if a.json:

@@ -30,9 +30,9 @@ FAMILIES = ["qwen3_moe", "deepseek_v3"]
 PROMPTS = ["Q: 1+2\nA:", "Q: 9+9+9+9+9\nA:", "Q: 4+4+1\nA:"]  # different lengths: left padding
 
 
-def _load(path):
+def _load(path, **config):
     tok = AutoTokenizer.from_pretrained(path)
-    return AutoModelForCausalLM.from_pretrained(path).eval(), tok
+    return AutoModelForCausalLM.from_pretrained(path, **config).eval(), tok
 
 
 def _generate_reference(model, tok, prompt_ids, repeats, eos_ids, max_new_tokens, greedy, **sampling):
@@ -196,3 +196,17 @@ def _record_grads(trainer) -> list[dict[str, torch.Tensor]]:
         lambda *_: grads.append({n: p.grad.clone() for n, p in named if p.grad is not None})
     )
     return grads
+
+
+def test_training_after_sampling_with_dynamic_rope(tiny_random_model_dir):
+    # Dynamic RoPE re-computes its frequency buffer inside the forward once a sequence outgrows the trained length;
+    # done under the sampler's inference_mode, that buffer must not poison the next training forward.
+    dynamic = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+    model, tok = _load(tiny_random_model_dir("qwen3_moe"), max_position_embeddings=16, rope_parameters=dynamic)
+    assert model.config.rope_parameters["rope_type"] == "dynamic"
+    backend = TransformersBackend(model, tok, max_new_tokens=24)
+    batch = backend.generate([Prompt("a", "Q: 1+2+3+4+5+6\nA:")], [0], num_generations=2)
+    model.train()
+    logp_BT = completion_logprobs(model, to_tensors(batch.completions, tok.pad_token_id))[0]
+    logp_BT.sum().backward()
+    assert not any(b.is_inference() for b in model.buffers())
