@@ -136,13 +136,15 @@ def run_r1kit(a: argparse.Namespace) -> dict:
     trainer.sampler.position = 0
     steps = []
     for _ in range(a.steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         m = trainer.train_step()
         trainer.step += 1
         trainer.metrics_log.append({"step": trainer.step, **m})
         dt = time.perf_counter() - t0
         steps.append({"s": dt, "reward": m["reward"], "accuracy": m["reward/math_accuracy"],
-                      "tokens": m["completion_len"] * a.prompts * a.num_generations})  # fmt: skip
+                      "tokens": m["completion_len"] * a.prompts * a.num_generations,
+                      "cpu_s": time.process_time() - c0,
+                      **{f"t_{k}": m[f"time/{k}"] for k in ("generate", "reward", "train")}})  # fmt: skip
     peak = peak_rss_mb()
     ev = None if a.no_eval else trainer.evaluate()["accuracy"]
     return {"steps": steps, "peak_rss_mb": peak, "eval_accuracy": ev}
@@ -180,12 +182,12 @@ def run_trl(a: argparse.Namespace) -> dict:
     class StepTimer(TrainerCallback):
         def on_step_begin(self, *args, **kwargs):
             batch.clear()
-            self.t0 = time.perf_counter()
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
 
         def on_step_end(self, *args, **kwargs):
-            dt = time.perf_counter() - self.t0
+            dt, cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
             total = [sum(w * batch[n][i] for n, w in REWARD_RULES) for i in range(len(batch["math_accuracy"]))]
-            steps.append({"s": dt, "reward": sum(total) / len(total), "tokens": batch["tokens"],
+            steps.append({"s": dt, "cpu_s": cpu, "reward": sum(total) / len(total), "tokens": batch["tokens"],
                           "accuracy": sum(batch["math_accuracy"]) / len(total)})  # fmt: skip
 
     args = GRPOConfig(
@@ -281,6 +283,11 @@ def summarise(a: argparse.Namespace, runs: dict[str, list[dict]]) -> dict:
             f"{engine}_peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
             f"{engine}_tokens_per_s": sum(s["tokens"] for s in timed) / sum(s["s"] for s in timed),
         }
+        # CPU time of the process per step: far less sensitive than wall time to other jobs on a shared machine.
+        out[f"{engine}_step_cpu_s"] = statistics.median(s["cpu_s"] for s in timed)
+        parts = [k for k in ("t_generate", "t_reward", "t_train") if k in timed[0]]
+        if parts:  # where r1kit's step goes (TRL's breakdown: docs/performance.md, from a py-spy profile)
+            out[f"{engine}_step_breakdown_s"] = {k[2:]: statistics.median(s[k] for s in timed) for k in parts}
         evals = [r["eval_accuracy"] for r in rs if r["eval_accuracy"] is not None]
         if evals:
             out[f"{engine}_eval_accuracy"] = statistics.mean(evals)
@@ -288,6 +295,7 @@ def summarise(a: argparse.Namespace, runs: dict[str, list[dict]]) -> dict:
         out[f"{engine}_load_avg"] = [r["load_before"] for r in rs]
     if "r1kit_step_s" in out and "trl_step_s" in out:
         out["speedup"] = out["trl_step_s"] / out["r1kit_step_s"]
+        out["speedup_cpu"] = out["trl_step_cpu_s"] / out["r1kit_step_cpu_s"]
         out["speedup_per_repeat"] = [
             t / r for t, r in zip(out["trl_step_s_per_repeat"], out["r1kit_step_s_per_repeat"], strict=True)
         ]

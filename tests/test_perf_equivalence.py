@@ -75,6 +75,24 @@ def test_sampler_gives_the_tokens_of_generate(tiny_random_model_dir, family, sam
     assert len(lengths) > 1 or greedy, "rows must finish at different steps for the test to bite"
 
 
+@pytest.mark.parametrize(
+    ("attn", "prompts"),
+    [("eager", PROMPTS), ("sdpa", ["Q: 1+2\nA:", "Q: 3+4\nA:"])],
+    ids=["eager-attention", "no-padding"],
+)
+def test_sampler_gives_the_tokens_of_generate_without_its_own_decode_mask(tiny_random_model_dir, attn, prompts):
+    # The sampler passes its own 4-D decode mask only to sdpa models with left padding; otherwise the model builds
+    # its mask itself, as under generate.
+    model, tok = _load(tiny_random_model_dir("qwen3_moe"), attn_implementation=attn)
+    prompt_ids = [tok.encode(p) for p in prompts]
+    eos_ids = sorted({tok.eos_token_id, *tok.encode("0123456789")})
+    torch.manual_seed(5)
+    ref = _generate_reference(model, tok, prompt_ids, [3] * len(prompts), eos_ids, 10, False)
+    torch.manual_seed(5)
+    fast = sample(model, prompt_ids, [3] * len(prompts), max_new_tokens=10, eos_ids=eos_ids, pad_id=tok.pad_token_id)
+    assert fast.tokens == ref
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_backend_samplers_agree_with_groups_split_across_generation_batches(tiny_random_model_dir, family):
     model, tok = _load(tiny_random_model_dir(family))
