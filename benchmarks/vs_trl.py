@@ -23,7 +23,8 @@ What maps to what (everything not listed is off in both or equal by default)::
     rollout.max_new_tokens                  max_completion_length
     rollout.temperature/top_p/top_k         temperature/top_p/top_k (TRL: use_vllm False, transformers generate)
     model.finetune = full                   full fine-tuning (no peft_config)
-    (no router aux loss in r1kit's loss)    router_aux_loss_coef = 0.0
+    moe.router_aux_loss_coef = 0            router_aux_loss_coef = 0.0
+    moe.telemetry = false                   (TRL logs no routing statistics)
     training.lr, adam_betas, max_grad_norm  learning_rate, adam_beta1/2, max_grad_norm; constant schedule, no warmup
     rewards.rules (names + weights)         reward_funcs (the same r1kit objects) + reward_weights
     torch.set_num_threads(--threads)        the same, in its own process
@@ -122,6 +123,7 @@ def r1kit_recipe(a: argparse.Namespace, out_dir: str):
         f"training.lr={a.lr}", "training.adam_betas=[0.9, 0.999]", "training.max_grad_norm=1.0",
         "training.warmup_steps=0", "training.lr_schedule=constant", f"training.seed={a.seed}",
         f"training.torch_threads={a.threads}", "training.device=cpu",
+        "moe.telemetry=false",  # TRL computes no routing telemetry (r1kit's router hooks also force padded forwards)
         "logging.progress=false", f"logging.output_dir={out_dir}",
     ])  # fmt: skip
 

@@ -1,7 +1,8 @@
 """Atomic checkpoints: everything a resumed run needs to continue exactly as the uninterrupted run would.
 
 A checkpoint is a directory ``checkpoints/step-000050`` holding the trainable weights (safetensors), optimizer and
-scheduler state, RNG states and the trainer state (step, data position, base accuracy). It is written into a
+scheduler state, one RNG-state file per process (``rng-rank{r}.pt``) and the trainer state (step, data position,
+base accuracy). It is written into a
 temporary sibling, fsynced, and renamed into place: a SIGKILL at any moment leaves either the complete new
 checkpoint or none, and the previous one untouched.
 """
@@ -9,11 +10,12 @@ checkpoint or none, and the previous one untouched.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
 import shutil
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +23,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+log = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def trainable_state(model: torch.nn.Module, full: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The trainable parameters, from the model or, when given, from ``full`` (a state dict gathered from shards)."""
+    if full is not None:
+        names = {n for n, p in model.named_parameters() if p.requires_grad}
+        return {n: t.detach().cpu().contiguous() for n, t in full.items() if n in names}
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
@@ -52,25 +59,47 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_checkpoint(
-    root: Path, step: int, model: torch.nn.Module, optimizer, scheduler, trainer_state: dict[str, Any], keep: int = 2
-) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
+    root: Path, step: int, model: torch.nn.Module, optimizer, scheduler, trainer_state: dict[str, Any], keep: int = 2,
+    *, rank: int = 0, barrier: Callable[[], None] = lambda: None, full_state: dict[str, torch.Tensor] | None = None,
+    optimizer_per_rank: bool = False,
+) -> Path:  # fmt: skip
+    """Write ``root/step-NNNNNN`` atomically. With several processes every one calls this (``barrier`` syncs them):
+    each writes its RNG state ``rng-rank{r}.pt``; rank 0 writes the rest (DDP keeps weights and optimizer state
+    identical on every process) and renames the directory into place. Sharded runs (FSDP / ZeRO-3) pass the
+    gathered ``full_state`` and write each process's optimizer shard (``optimizer_per_rank``)."""
     final = root / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:06d}.tmp-", dir=root))
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-               tmp / "optim.pt")  # fmt: skip
-    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(tmp)
-    if final.exists():  # a re-save of the same step after a resume: replace it
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(root)
-    prune(root, keep)
+    tmp = root / f".step-{step:06d}.tmp-shared"  # a fixed name: every process writes its RNG state into it
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    barrier()
+    torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
+    _fsync_file(tmp / f"rng-rank{rank}.pt")
+    if optimizer_per_rank:
+        torch.save(optimizer.state_dict(), tmp / f"optim-rank{rank}.pt")
+        _fsync_file(tmp / f"optim-rank{rank}.pt")
+    barrier()
+    if rank == 0:
+        save_file(trainable_state(model, full_state), str(tmp / "trainable.safetensors"))
+        optim = {} if optimizer_per_rank else {"optimizer": optimizer.state_dict()}
+        torch.save({**optim, "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
+        for f in ("trainable.safetensors", "optim.pt", "trainer_state.json"):
+            _fsync_file(tmp / f)
+        _fsync_dir(tmp)
+        if final.exists():  # a re-save of the same step after a resume: replace it
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+        prune(root, keep)
+    barrier()
     return final
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -92,8 +121,8 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and RNG states; return the trainer state."""
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, *, rank: int = 0) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and this process's RNG states; return the trainer state."""
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params]
@@ -103,7 +132,15 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) ->
         for n, t in weights.items():
             params[n].copy_(t.to(params[n].device, params[n].dtype))
     blob = torch.load(path / "optim.pt", weights_only=False)
-    optimizer.load_state_dict(blob["optimizer"])
+    shard = path / f"optim-rank{rank}.pt"
+    optimizer.load_state_dict(torch.load(shard, weights_only=False) if shard.is_file() else blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
-    set_rng_state(blob["rng"])
+    rng_file = path / f"rng-rank{rank}.pt"
+    if rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    elif "rng" in blob:  # checkpoints written before per-process RNG files
+        set_rng_state(blob["rng"])
+    else:
+        log.warning("checkpoint %s has no RNG state for process %d (saved with fewer processes): sampling will "
+                    "not repeat the uninterrupted run", path, rank)  # fmt: skip
     return json.loads((path / "trainer_state.json").read_text())

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from rl.configio import ConfigError
+from rl.inspect_cli import add_commands as add_inspect_commands
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
     train.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
     train.set_defaults(func=_train)
+    add_inspect_commands(sub)
     return parser
 
 

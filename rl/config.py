@@ -61,15 +61,23 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     task: str | None = "arith"
-    """Synthetic task generated locally (``arith``); set to null when ``path`` is used."""
+    """Synthetic task generated locally (``arith``, ``pyfunc``: see ``rollouts.tasks``); null when ``path`` is used."""
     path: str | None = None
-    """A JSONL file or a hub dataset id with a prompt column and the columns the rewards need."""
+    """A hub dataset id, or a local file (JSONL/JSON/Parquet/CSV) or directory; a local path wins when it exists."""
+    subset: str | None = None
+    """Hub dataset configuration name (e.g. ``main`` for ``openai/gsm8k``); None = the dataset's default."""
     split: str = "train"
-    """Dataset split when ``path`` is a hub id."""
+    """Dataset split when ``path`` is a hub id or a directory."""
+    adapter: str = "generic"
+    """How a row in the dataset's own schema becomes a prompt + reward columns: ``gsm8k``, ``math``, ``numina``
+    or ``generic`` (``prompt_column`` is the question, every other column is passed on). See rollouts/adapters.py."""
     prompt_column: str = "prompt"
-    """Column holding the question (formatted with ``template``)."""
+    """Column holding the question with the ``generic`` adapter (formatted with ``template``)."""
+    filter: dict[str, list[Any]] = field(default_factory=dict)
+    """Keep only rows whose column holds one of the listed values, e.g. ``{level: [Level 3, Level 4, Level 5]}``."""
     template: str = "qa"
-    """Prompt template name: ``qa`` (short, for tiny models) or ``r1`` (DeepSeek-R1-Zero's)."""
+    """Prompt template: ``qa`` (short, for tiny models), ``r1`` (DeepSeek-R1-Zero's plain text) or ``chat``
+    (the tokenizer's chat template with the R1 system prompt; for instruct models)."""
     num_train: int = 4000
     """Training prompts to draw (synthetic) or keep at most (files)."""
     num_eval: int = 256
@@ -78,7 +86,17 @@ class DataConfig:
     """Seed of the synthetic train/eval split."""
 
     def __post_init__(self) -> None:
+        from rollouts.adapters import ADAPTERS, PROMPT_TEMPLATES
+
         _check((self.task is None) != (self.path is None), "data: set exactly one of data.task and data.path")
+        _check(self.adapter in ADAPTERS, f"data.adapter: unknown {self.adapter!r}; known: {ADAPTERS.names()}")
+        _check(
+            self.template in PROMPT_TEMPLATES, f"data.template: unknown {self.template!r}; known: {PROMPT_TEMPLATES}"
+        )
+        _check(
+            self.task is None or (self.adapter == "generic" and not self.filter),
+            "data.adapter / data.filter: apply to data.path datasets; a synthetic data.task takes neither",
+        )
         _check(self.num_train > 0, f"data.num_train: must be > 0, got {self.num_train}")
         _check(self.num_eval >= 0, f"data.num_eval: must be >= 0, got {self.num_eval}")
 
@@ -100,6 +118,10 @@ class RolloutConfig:
     sampler: Literal["r1kit", "generate"] = "r1kit"
     """Decoding loop: r1kit's (each prompt prefilled once per group, finished rows dropped) or transformers'
     ``model.generate`` (the reference; same tokens under the same seed, slower on small models)."""
+    seeded_groups: bool = False
+    """Generate each group alone with torch's RNG seeded from (training.seed, group id): completions then depend
+    neither on the number of processes nor on which groups share a ``generate`` call, so a 2-process run
+    reproduces the 1-process run. Costs throughput (G rows per call); for checks, not for speed."""
 
     def __post_init__(self) -> None:
         _check(self.max_new_tokens > 0, f"rollout.max_new_tokens: must be > 0, got {self.max_new_tokens}")
@@ -113,9 +135,10 @@ class AlgorithmConfig:
     num_generations: int = 8
     """G: completions sampled per prompt (the group)."""
     batch_size: int = 64
-    """Completions per step (prompts per step = batch_size / num_generations)."""
+    """Completions per step over all processes (prompts per step = batch_size / num_generations); each of N
+    processes takes batch_size / N, which must be a multiple of num_generations (a group never spans processes)."""
     mini_batch_size: int | None = None
-    """Completions per optimizer update; None = one update per pass over the batch."""
+    """Completions per optimizer update over all processes; None = one update per pass over the batch."""
     num_iterations: int = 1
     """mu: passes over each rollout batch (mu > 1 reuses samples with importance ratios, GRPO's mu)."""
     advantage: str = "grpo"
@@ -132,6 +155,13 @@ class AlgorithmConfig:
     """KL coefficient to the reference model; 0 loads no reference (DAPO, Dr. GRPO)."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     """Per-token KL estimator (k3 is GRPO's)."""
+    dynamic_sampling: bool = False
+    """DAPO dynamic sampling: drop groups whose rewards are all equal (zero advantage) and sample more prompts until
+    the batch holds batch_size / num_generations informative groups (reward metrics still cover every group)."""
+    max_sampling_rounds: int = 3
+    """Generation rounds per step allowed to dynamic sampling; if still short, the step trains on what it has."""
+    mask_truncated: bool = False
+    """DAPO overlong filtering: completions cut at rollout.max_new_tokens are masked out of the loss."""
 
     def __post_init__(self) -> None:
         from rl.advantages import ADVANTAGES
@@ -151,6 +181,8 @@ class AlgorithmConfig:
         )
         _check(self.num_iterations >= 1, f"algorithm.num_iterations: must be >= 1, got {self.num_iterations}")
         _check(self.beta >= 0, f"algorithm.beta: must be >= 0, got {self.beta}")
+        rounds = self.max_sampling_rounds
+        _check(rounds >= 1, f"algorithm.max_sampling_rounds: must be >= 1, got {rounds}")
         for name in ("clip_low", "clip_high"):
             v = getattr(self, name)
             _check(v is None or v >= 0, f"algorithm.{name}: must be >= 0, got {v}")
@@ -196,13 +228,20 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     """Gradient-norm clip; 0 disables it."""
     micro_batch_size: int | None = None
-    """Rows per forward/backward; gradients accumulate over a mini-batch. None = whole mini-batch at once."""
+    """Rows per forward/backward in each process; gradients accumulate over the process's share of a mini-batch.
+    None = that whole share at once."""
     seed: int = 0
     """Seed of sampling, shuffling and initialisation."""
     device: str = "auto"
-    """``auto`` (cuda if available), ``cpu``, ``cuda``, ``cuda:1``."""
+    """``auto`` (accelerate's choice: each process's own GPU, else CPU), ``cpu``, ``cuda``, ``cuda:1`` (one
+    process only)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    """Autocast for forward passes on GPU."""
+    """Autocast for forward passes through accelerate (weights stay in ``model.dtype``); fp16 adds loss scaling."""
+    optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
+    """``adamw`` (torch) or ``adamw_8bit`` (bitsandbytes: 8-bit optimizer states, ~4x smaller; GPU only)."""
+    logprob_micro_batch_size: int | None = None
+    """Rows per no-grad log-prob forward (old policy, reference); None = training.micro_batch_size. On CUDA an
+    out-of-memory error halves it and retries, and the smaller size is kept for the rest of the run."""
     torch_threads: int | None = None
     """CPU threads for torch; None keeps torch's default."""
 
@@ -214,6 +253,10 @@ class TrainingConfig:
         _check(self.max_grad_norm >= 0, f"training.max_grad_norm: must be >= 0, got {self.max_grad_norm}")
         _check(len(self.adam_betas) == 2, f"training.adam_betas: expected two numbers, got {self.adam_betas}")
         _check(self.micro_batch_size is None or self.micro_batch_size > 0, "training.micro_batch_size: must be > 0")
+        _check(
+            self.logprob_micro_batch_size is None or self.logprob_micro_batch_size > 0,
+            "training.logprob_micro_batch_size: must be > 0",
+        )
 
 
 @dataclass(frozen=True)
@@ -228,11 +271,56 @@ class LoggingConfig:
     """Live progress display (rich)."""
     eval_every: int = 0
     """Held-out greedy evaluation every N steps (0 = only before and after training)."""
+    rollouts_every: int = 1
+    """Store the step's completions, rewards and advantages in ``RUN/rollouts/step-N.parquet`` every N steps
+    (0 = never). Open them with ``rollouts.load(run_dir)`` or ``r1kit rollouts RUN``."""
+    rollouts_max_groups: int | None = None
+    """Groups (prompts) stored per sampled step, whole groups only; None stores every group."""
+    trackers: list[str] = field(default_factory=list)
+    """Where metrics go besides ``metrics.jsonl`` (always written): any of ``tensorboard``, ``wandb``, ``trackio``,
+    ``mlflow``. Each needs its package (``pip install 'r1kit[wandb]'``)."""
+    project: str = "r1kit"
+    """Project / experiment name for W&B, trackio and MLflow."""
+    run_name: str | None = None
+    """Run name for the trackers; None = the run directory's name."""
+    plots: bool = True
+    """Write PNG training curves to ``RUN/plots`` at the end of the run (``r1kit plot RUN`` does it any time)."""
 
     def __post_init__(self) -> None:
+        from rl.trackers import TRACKERS
+
         _check(self.save_every >= 0, f"logging.save_every: must be >= 0, got {self.save_every}")
         _check(self.keep_checkpoints >= 1, f"logging.keep_checkpoints: must be >= 1, got {self.keep_checkpoints}")
         _check(self.eval_every >= 0, f"logging.eval_every: must be >= 0, got {self.eval_every}")
+        _check(self.rollouts_every >= 0, f"logging.rollouts_every: must be >= 0, got {self.rollouts_every}")
+        _check(
+            self.rollouts_max_groups is None or self.rollouts_max_groups > 0,
+            f"logging.rollouts_max_groups: must be > 0 or null (all groups), got {self.rollouts_max_groups}",
+        )
+        for name in self.trackers:
+            _check(name in TRACKERS, f"logging.trackers: unknown tracker {name!r}; known: {TRACKERS.names()}")
+        _check(len(set(self.trackers)) == len(self.trackers), f"logging.trackers: duplicates in {self.trackers}")
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    """Routing controls for Mixture-of-Experts policies (ignored by dense models unless a feature is requested)."""
+
+    telemetry: bool = True
+    """Log per-step routing metrics: ``moe/flip_rate``, ``moe/load_max_over_mean``, ``moe/load_entropy/layer_i``,
+    ``moe/expert_load`` (definitions in ``rl/moe/control.py``)."""
+    routing_replay: bool = False
+    """Record each token's top-k experts in the old-policy forward and force them in the training forwards (GSPO's
+    Routing Replay); gate weights still come from the live router. Adds the old-policy forward to on-policy steps."""
+    router_aux_loss_coef: float = 0.0
+    """Weight of the load-balancing loss (Switch eq. 4, over real tokens, mean over MoE layers) added to the policy
+    loss; 0 disables it. With LoRA the routers are frozen, so it only shapes the adapters feeding them."""
+    freeze_router: bool = False
+    """``requires_grad = False`` on router weights (full fine-tuning; LoRA never adapts routers anyway)."""
+
+    def __post_init__(self) -> None:
+        c = self.router_aux_loss_coef
+        _check(math.isfinite(c) and c >= 0, f"moe.router_aux_loss_coef: must be a number >= 0, got {c}")
 
 
 @dataclass(frozen=True)
@@ -244,6 +332,7 @@ class RecipeConfig:
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
 
     def __post_init__(self) -> None:
         mb = self.algorithm.mini_batch_size or self.algorithm.batch_size

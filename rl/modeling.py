@@ -79,6 +79,11 @@ def load_policy(cfg: ModelConfig, data: DataConfig, *, need_reference: bool, dev
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+        if cfg.finetune == "lora":
+            # The frozen embeddings' output does not require grad; with LoRA nothing before the first adapted
+            # layer does, and a checkpointed block whose inputs need no grad may be skipped by backward (reentrant
+            # checkpointing drops it). Marking the embedding output keeps every block on the gradient path.
+            model.enable_input_require_grads()
     reference = None
     if cfg.finetune == "lora":
         model = apply_lora(model, cfg)
@@ -125,7 +130,9 @@ def apply_lora(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
     return peft_model
 
 
-def save_final(policy: Policy, out: Path) -> None:
-    """Adapter (LoRA) or full weights as safetensors, plus the tokenizer: loadable with transformers/peft."""
-    policy.model.save_pretrained(out, safe_serialization=True)
+def save_final(policy: Policy, out: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Adapter (LoRA) or full weights as safetensors, plus the tokenizer: loadable with transformers/peft.
+    ``state_dict``: the full state gathered from FSDP / ZeRO-3 shards (peft keeps only the adapter's part)."""
+    kwargs = {} if state_dict is None else {"state_dict": state_dict}
+    policy.model.save_pretrained(out, safe_serialization=True, **kwargs)
     policy.tokenizer.save_pretrained(out)

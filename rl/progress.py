@@ -36,6 +36,7 @@ class StepProgress:
             TimeRemainingColumn(), TextColumn("{task.fields[line]}"), console=console, disable=not enabled,
         )  # fmt: skip
         self.task = self.progress.add_task("train", total=total, completed=start, line="")
+        self.enabled = enabled
 
     def __enter__(self) -> StepProgress:
         self.progress.__enter__()
@@ -45,7 +46,12 @@ class StepProgress:
         self.progress.__exit__(*exc)
 
     def update(self, metrics: Mapping[str, Any]) -> None:
-        self.progress.update(self.task, advance=1, line=live_line(metrics))
+        line = live_line(metrics)
+        self.progress.update(self.task, advance=1, line=line)
+        task = self.progress.tasks[0]
+        if self.enabled and not console.is_terminal and (task.completed % 10 == 0 or task.finished):
+            # No live display in a log file: print a plain line every 10 steps instead.
+            console.print(f"step {int(task.completed)}/{int(task.total)} {line}", soft_wrap=True)
 
 
 def summary_table(summary: Mapping[str, Any]) -> Table:

@@ -1,6 +1,9 @@
 """The GRPO trainer: it only orchestrates. Sample groups, score them, turn scores into group-relative advantages,
 and update the policy with the loss named in the recipe. Every formula lives in ``rl.advantages``, ``rl.losses``
 and ``rl.kl``; this file looks them up by name and calls them.
+
+It runs unchanged under ``accelerate launch`` (one process per device): see ``rl.distributed`` for how the global
+batch is split and why the update equals the one-process update. Only process 0 writes files.
 """
 
 from __future__ import annotations
@@ -17,27 +20,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from rewards.scoring import RewardScorer, bind_rewards
+from rewards.scoring import RewardScorer, RewardScores, bind_rewards
 from rl.advantages import ADVANTAGES
-from rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trainable_state
 from rl.config import RecipeConfig, dump_recipe
+from rl.dapo import collect_groups, concat_scores, mask_rows
+from rl.distributed import Dist, dump_weights_for_debug, generate_seeded, make_accelerator
 from rl.kl import KL_ESTIMATORS
 from rl.logprobs import completion_logprobs
 from rl.losses import LOSSES, normaliser
-from rl.modeling import Policy, load_policy, save_final
+from rl.memory import HalvingChunks
+from rl.modeling import Policy, load_policy, load_tokenizer, resolve_source, save_final
+from rl.moe.control import attach_router_control
+from rl.optim import OPTIMIZERS
+from rl.plots import write_plots
 from rl.progress import StepProgress, console, summary_table
 from rl.runlog import MetricsLog, atomic_write_text
+from rl.trackers import open_trackers
 from rollouts.backends import BACKENDS
 from rollouts.data import PromptSampler, PromptSets, load_prompt_sets
 from rollouts.records import RolloutBatch, SequenceTensors, to_tensors
+from rollouts.store import RolloutStore
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -69,59 +74,83 @@ class GRPOTrainer:
         if cfg.training.torch_threads:
             torch.set_num_threads(cfg.training.torch_threads)
         seed_everything(cfg.training.seed)
-        self.device = pick_device(cfg.training.device)
+        accelerator = make_accelerator(cfg.training)
+        self.dist = Dist(accelerator)
+        self.sizes = self.dist.local_sizes(cfg.algorithm, cfg.training)
+        self.device = self.dist.device
         d = cfg.data
-        self.data: PromptSets = load_prompt_sets(
-            task=d.task, path=d.path, split=d.split, prompt_column=d.prompt_column, template=d.template,
-            num_train=d.num_train, num_eval=d.num_eval, seed=d.seed,
-        )  # fmt: skip
+        with accelerator.main_process_first():  # downloads and dataset caches: once, then read by the others
+            tokenizer = load_tokenizer(resolve_source(cfg.model, d), cfg.model) if d.template == "chat" else None
+            self.data: PromptSets = load_prompt_sets(
+                task=d.task, path=d.path, split=d.split, prompt_column=d.prompt_column, template=d.template,
+                num_train=d.num_train, num_eval=d.num_eval, seed=d.seed, subset=d.subset, adapter=d.adapter,
+                filters=d.filter, tokenizer=tokenizer,
+            )  # fmt: skip
         # Rewards are bound before the model loads: a missing column fails in seconds, not after a download.
         self.scorer = RewardScorer(
             bind_rewards(cfg.rewards.rules, self.data.columns), max_error_fraction=cfg.rewards.max_error_fraction
         )
-        self.policy: Policy = load_policy(cfg.model, d, need_reference=cfg.algorithm.beta > 0, device=self.device)
+        with accelerator.main_process_first():  # tiny:// builds and hub downloads happen once
+            self.policy: Policy = load_policy(cfg.model, d, need_reference=cfg.algorithm.beta > 0, device=self.device)
         r = cfg.rollout
         self.backend = BACKENDS.get(r.backend)(
             self.policy.model, self.policy.tokenizer, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
             top_p=r.top_p, top_k=r.top_k, batch_size=r.generation_batch_size, sampler=r.sampler,
         )  # fmt: skip
+        self.moe = attach_router_control(self.policy.model, cfg.moe)  # before collecting params: may freeze routers
         a, t = cfg.algorithm, cfg.training
-        self.params = [p for p in self.policy.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay,
-            fused=self.device.type in ("cpu", "cuda"),  # one kernel for all tensors: 1.8 vs 4.3 ms on the tiny CPU run
+        optimizer = OPTIMIZERS.get(t.optimizer)(
+            [p for p in self.policy.model.parameters() if p.requires_grad], lr=t.lr, betas=t.adam_betas,
+            weight_decay=t.weight_decay, device=self.device,
         )  # fmt: skip
+        # train_model: the model as wrapped for training (DDP / FSDP / autocast); used for the gradient forward
+        # only. policy.model stays the plain module, for generation, no-grad log-probs and saving.
+        self.train_model, self.optimizer = accelerator.prepare(self.policy.model, optimizer)
+        self.params = [p for p in self.train_model.parameters() if p.requires_grad]
+        self.logprob_chunks = HalvingChunks(t.logprob_micro_batch_size or t.micro_batch_size)
         self.updates_per_step = a.num_iterations * (a.batch_size // (a.mini_batch_size or a.batch_size))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(t.warmup_steps, t.lr_schedule, t.max_steps * self.updates_per_step)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(  # not prepared: accelerate would step it N times
+            optimizer, lr_lambda(t.warmup_steps, t.lr_schedule, t.max_steps * self.updates_per_step)
         )
         self.loss_fn = LOSSES.get(a.loss)
         self.loss_kwargs = {k: v for k, v in (("clip_low", a.clip_low), ("clip_high", a.clip_high)) if v is not None}
         self.advantage_fn = ADVANTAGES.get(a.advantage)
         self.kl_fn = KL_ESTIMATORS.get(a.kl_estimator) if a.beta > 0 else None
-        self.sampler = PromptSampler(self.data.train, seed=t.seed)
+        self.sampler = PromptSampler(self.data.train, seed=t.seed)  # the same global order on every process
         self.metrics_log = MetricsLog(self.run_dir / "metrics.jsonl")
+        lg = cfg.logging
+        self.rollout_store = RolloutStore(self.run_dir, every=lg.rollouts_every, max_groups=lg.rollouts_max_groups)
         self.step = 0
         self.base_eval: dict[str, float] | None = None
         self.started = time.time()
+        if self.dist.rank > 0:  # own sampling noise per process; process 0 keeps the one-process stream
+            seed_everything(t.seed + 1_000_003 * self.dist.rank)
         if resume:
             self._resume()
+        self.trackers = open_trackers(  # process 0 only: one W&B / TensorBoard run per training run
+            lg.trackers if self.dist.is_main else [], self.run_dir, cfg.to_dict(), project=lg.project,
+            run_name=lg.run_name, start_step=self.step,
+        )  # fmt: skip
 
     # ----------------------------------------------------------------- run
     def train(self) -> dict[str, Any]:
-        cfg = self.cfg
-        atomic_write_text(self.run_dir / "config.yaml", dump_recipe(cfg))
+        cfg, main = self.cfg, self.dist.is_main
+        if main:
+            atomic_write_text(self.run_dir / "config.yaml", dump_recipe(cfg))
         if self.base_eval is None:
             self.base_eval = self.evaluate()
-            console.print(f"base model, held-out greedy: {self._fmt_eval(self.base_eval)}")
+            if main:
+                console.print(f"base model, held-out greedy: {self._fmt_eval(self.base_eval)}")
         save_every = cfg.logging.save_every
-        with StepProgress(cfg.training.max_steps, self.step, enabled=cfg.logging.progress) as progress:
+        with StepProgress(cfg.training.max_steps, self.step, enabled=cfg.logging.progress and main) as progress:
             while self.step < cfg.training.max_steps:
                 metrics = self.train_step()
                 self.step += 1
                 if cfg.logging.eval_every and self.step % cfg.logging.eval_every == 0:
                     metrics.update({f"eval/{k}": v for k, v in self.evaluate().items()})
-                self.metrics_log.append({"step": self.step, **metrics})
+                if main:
+                    self.metrics_log.append({"step": self.step, **metrics})
+                    self.trackers.log(self.step, metrics)
                 progress.update(metrics)
                 if save_every and self.step % save_every == 0:
                     self.save_checkpoint()
@@ -131,7 +160,10 @@ class GRPOTrainer:
 
     def finish(self) -> dict[str, Any]:
         final_eval = self.evaluate()
-        save_final(self.policy, self.run_dir / "final")
+        full = self.dist.full_state_dict(self.train_model)  # None unless FSDP / ZeRO-3 shard the weights
+        dump_weights_for_debug(trainable_state(self.policy.model, full), self.dist.rank)
+        if self.dist.is_main:
+            save_final(self.policy, self.run_dir / "final", full)
         summary = {
             "base_accuracy": self.base_eval["accuracy"],
             "final_accuracy": final_eval["accuracy"],
@@ -139,65 +171,117 @@ class GRPOTrainer:
             **{f"final_{k}": v for k, v in final_eval.items() if k != "accuracy"},
             "steps": self.step,
             "wall_seconds": time.time() - self.started,
-            "world_size": 1,
+            "world_size": self.dist.world_size,
             "eval_prompts": len(self.data.eval),
             "eval_reward": self.cfg.rewards.rules[0].label,
             "model": self.cfg.model.name_or_path,
             "finetune": self.cfg.model.finetune,
             "loss": self.cfg.algorithm.loss,
         }
-        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        console.print(summary_table(summary))
+        if self.dist.is_main:
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            console.print(summary_table(summary))
+            self.trackers.close()
+            if self.cfg.logging.plots:
+                console.print(f"plots: {self.run_dir / 'plots'} ({len(write_plots(self.run_dir).written)} PNGs)")
+        self.dist.barrier()  # no process exits (and tears the group down) while process 0 still writes
         return summary
 
     # ---------------------------------------------------------------- step
     def train_step(self) -> dict[str, Any]:
         a = self.cfg.algorithm
         t0 = time.time()
-        prompts = self.sampler.take(a.prompts_per_step)
-        group_ids = [self.step * a.prompts_per_step + i for i in range(len(prompts))]  # unique over the run
-        batch = self.backend.generate(prompts, group_ids, num_generations=a.num_generations)
-        t_gen = time.time()
-        scores = self.scorer.score(batch.prompt_texts, batch.texts, batch.columns())
-        reward_B = torch.tensor([math.nan if v is None else v for v in scores.total], dtype=torch.float32)
+        # DAPO dynamic sampling may take several rounds; reward metrics cover every sampled group (the policy's
+        # unfiltered reward), the update only the kept ones.
+        sampled = collect_groups(
+            self._generate, self._score, prompts=a.prompts_per_step, dynamic=a.dynamic_sampling,
+            max_rounds=a.max_sampling_rounds,
+        )  # fmt: skip
+        batch, reward_B = sampled.kept, sampled.reward_B[sampled.keep_B]
         group_B = torch.tensor(batch.group_ids)
-        adv_B = self.advantage_fn(reward_B, group_B, std_scale=a.std_scale)
+        adv_B = self.advantage_fn(reward_B, group_B, std_scale=a.std_scale)  # groups are process-local
         t_reward = time.time()
         seq = to_tensors(batch.completions, self.policy.tokenizer.pad_token_id).to(self.device)
+        if a.mask_truncated:  # DAPO overlong filtering: cut completions leave the loss, not the advantages
+            seq.completion_mask_BT = mask_rows(
+                seq.completion_mask_BT, torch.tensor([c.finish_reason == "length" for c in batch.completions])
+            )
         train_metrics = self._update(seq, adv_B.to(self.device), batch)
         t_end = time.time()
-        return {
-            **reward_metrics(scores, reward_B, group_B),
+        # Stored after _update (it fills the logprobs): every sampled group, the ones dynamic sampling dropped too
+        # (advantage 0, kept=False) - collapsed groups are exactly what people look for in rollouts.
+        adv_all_B = torch.zeros(len(sampled.batch))
+        adv_all_B[sampled.keep_B] = adv_B.float()
+        self._store_rollouts(sampled, adv_all_B)
+        return self.dist.reduce_metrics({
+            **reward_metrics(sampled.scores, self.dist.gather(sampled.reward_B),
+                             self.dist.gather(torch.tensor(sampled.batch.group_ids))),
             **train_metrics,
             **length_metrics(batch),
             "adv_abs_mean": adv_B.abs().mean().item(),
             "lr": self.scheduler.get_last_lr()[0],
-            "tokens_per_s": sum(c.num_tokens for c in batch.completions) / max(t_end - t0, 1e-9),
-            "time/generate": t_gen - t0,
-            "time/reward": t_reward - t_gen,
+            "tokens_per_s": sum(c.num_tokens for c in sampled.batch.completions) / max(t_end - t0, 1e-9),
+            **sampled.metrics,
             "time/train": t_end - t_reward,
             "time/step": t_end - t0,
-        }
+        })  # fmt: skip
+
+    def _generate(self, n: int) -> RolloutBatch:
+        first = self.sampler.position  # group ids = prompt draw counts: unique over the run, stable on resume
+        prompts = self.sampler.take(n)
+        group_ids = list(range(first, first + len(prompts)))
+        # Every process drew the same global list; each keeps every N-th group (a group never spans processes).
+        prompts, group_ids = self.dist.shard(prompts), self.dist.shard(group_ids)
+        G = self.cfg.algorithm.num_generations
+        if self.cfg.rollout.seeded_groups:
+            return generate_seeded(self.backend, prompts, group_ids, num_generations=G, seed=self.cfg.training.seed,
+                                   device=self.device)  # fmt: skip
+        return self.backend.generate(prompts, group_ids, num_generations=G)
+
+    def _store_rollouts(self, sampled, adv_all_B: torch.Tensor) -> None:
+        """Every process's groups go to process 0, which writes the step's rollout file."""
+        step = self.step + 1
+        if not self.rollout_store.wants(step):
+            return
+        kept = sampled.keep_B.tolist()
+        parts = self.dist.gather_objects((sampled.batch.completions, sampled.scores, adv_all_B.tolist(), kept))
+        if self.dist.is_main:
+            completions, scores, adv, kept = zip(*parts, strict=True)
+            self.rollout_store.write(
+                step, RolloutBatch([c for cs in completions for c in cs]), concat_scores(scores),
+                torch.tensor([x for xs in adv for x in xs]), extra={"kept": [x for xs in kept for x in xs]},
+            )  # fmt: skip
+
+    def _score(self, batch: RolloutBatch) -> tuple[RewardScores, torch.Tensor]:
+        scores = self.scorer.score(batch.prompt_texts, batch.texts, batch.columns())
+        return scores, torch.tensor([math.nan if v is None else v for v in scores.total], dtype=torch.float32)
 
     def _logprobs(self, model, seq: SequenceTensors) -> torch.Tensor:
-        return completion_logprobs(model, seq, temperature=self.cfg.rollout.temperature)[0]
+        # One padded forward when router hooks observe it (they need the padded layout, rl.moe.control) or when a
+        # DDP/FSDP wrapper expects a single forward per backward.
+        share = not self.moe.observing and self.dist.world_size == 1
+        return completion_logprobs(model, seq, temperature=self.cfg.rollout.temperature, share_prompts=share)[0]
 
     @torch.no_grad()
-    def _logprobs_nograd(self, model, seq: SequenceTensors) -> torch.Tensor:
-        micro = self.cfg.training.micro_batch_size or seq.input_ids_BL.shape[0]
-        rows = torch.arange(seq.input_ids_BL.shape[0])
-        return torch.cat([self._logprobs(model, seq.select(r)) for r in rows.split(micro)])
+    def _logprobs_nograd(self, model, seq: SequenceTensors, moe_phase: str | None = None) -> torch.Tensor:
+        def chunk(rows: torch.Tensor) -> torch.Tensor:
+            self.moe.begin_forward(moe_phase, rows)  # "record": store each token's experts for replay and flip rates
+            return self._logprobs(model, seq.select(rows))
+
+        out = self.logprob_chunks.run(chunk, seq.input_ids_BL.shape[0])
+        self.moe.begin_forward(None)
+        return out
 
     def _update(self, seq: SequenceTensors, adv_B: torch.Tensor, batch: RolloutBatch) -> dict[str, float]:
         a, t = self.cfg.algorithm, self.cfg.training
         model = self.policy.model
         B = seq.input_ids_BL.shape[0]
-        mini = a.mini_batch_size or B
-        micro = t.micro_batch_size or mini
+        mini, micro = self.sizes.mini, self.sizes.micro  # this process's rows (rl.distributed.local_sizes)
         # With a single on-policy update, pi_old == pi_theta: the first forward's detached logp *is* old_logp, which
         # saves a forward (the ratio is exactly 1, the gradient is the policy gradient). Otherwise compute it once.
-        on_policy = a.num_iterations == 1 and mini == B
-        old_logp_BT = None if on_policy else self._logprobs_nograd(model, seq)
+        on_policy = a.num_iterations == 1 and mini == B and not self.moe.needs_old_forward
+        self.moe.begin_step(seq.attention_mask_BL)
+        old_logp_BT = None if on_policy else self._logprobs_nograd(model, seq, moe_phase="record")
         ref_logp_BT = None
         if self.kl_fn is not None:
             with self.policy.as_reference() as ref:
@@ -210,18 +294,23 @@ class GRPOTrainer:
         for _ in range(a.num_iterations):
             for mb in torch.randperm(B, generator=gen).split(mini):
                 self.optimizer.zero_grad(set_to_none=True)
-                unit = mask_BT[mb].sum().clamp(min=1) if normaliser(a.loss) == "tokens" else torch.tensor(len(mb))
-                for rows in mb.split(micro):
+                tokens = normaliser(a.loss) == "tokens"  # token means divide by the global count (rl.distributed)
+                unit = self.dist.token_unit(mask_BT[mb].sum()).clamp(min=1) if tokens else torch.tensor(len(mb))
+                chunks = mb.split(micro)
+                for j, rows in enumerate(chunks):
                     sub = seq.select(rows)
-                    logp_BT = self._logprobs(model, sub)
-                    old = logp_BT.detach() if on_policy else old_logp_BT[rows]
-                    kl_BT = self.kl_fn(logp_BT, ref_logp_BT[rows]) if self.kl_fn else None
-                    loss, m = self.loss_fn(
-                        logp_BT, old, adv_B[rows], sub.completion_mask_BT, kl_BT=kl_BT, beta=a.beta,
-                        max_len=self.cfg.rollout.max_new_tokens, **self.loss_kwargs,
-                    )  # fmt: skip
-                    share = (sub.completion_mask_BT.sum() if normaliser(a.loss) == "tokens" else len(rows)) / unit
-                    (loss * share).backward()
+                    with self.dist.no_sync(self.train_model, last=j == len(chunks) - 1):
+                        self.moe.begin_forward("train", rows)  # replays recorded experts; active through backward
+                        logp_BT = self._logprobs(self.train_model, sub)
+                        old = logp_BT.detach() if on_policy else old_logp_BT[rows]
+                        kl_BT = self.kl_fn(logp_BT, ref_logp_BT[rows]) if self.kl_fn else None
+                        loss, m = self.loss_fn(
+                            logp_BT, old, adv_B[rows], sub.completion_mask_BT, kl_BT=kl_BT, beta=a.beta,
+                            max_len=self.cfg.rollout.max_new_tokens, **self.loss_kwargs,
+                        )  # fmt: skip
+                        loss, m = self.moe.add_aux_loss(loss, m)
+                        share = (sub.completion_mask_BT.sum() if tokens else len(rows)) / unit
+                        self.dist.accelerator.backward(loss * share)
                     sums["loss"] += loss.item() * float(share)
                     for k, v in m.items():
                         sums[k] += v.item() * float(share)
@@ -230,30 +319,34 @@ class GRPOTrainer:
                             n = batch.completions[r].num_tokens
                             batch.completions[r].logprobs = logp_BT[i, :n].detach().cpu().tolist()
                 max_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
-                sums["grad_norm"] += torch.nn.utils.clip_grad_norm_(self.params, max_norm).item()
+                norm = self.dist.accelerator.clip_grad_norm_(self.params, max_norm)  # None: DeepSpeed clips itself
+                sums["grad_norm"] += math.nan if norm is None else float(norm)
                 self.optimizer.step()
                 self.scheduler.step()
                 n_updates += 1
         if not on_policy:
             for r, c in enumerate(batch.completions):
                 c.logprobs = old_logp_BT[r, : c.num_tokens].cpu().tolist()
-        return {k: v / n_updates for k, v in sums.items()}
+        return {**{k: v / n_updates for k, v in sums.items()}, **self.moe.end_step()}
 
     # ---------------------------------------------------------------- eval
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Greedy completions of the held-out prompts, scored by every reward; ``accuracy`` is the first reward's
-        mean (abstentions count as wrong)."""
-        prompts = self.data.eval
-        if not prompts:
+        mean (abstentions count as wrong). Each process scores its share of the prompts; the sums are added up."""
+        if not self.data.eval:
             return {"accuracy": float("nan")}
-        batch = self.backend.generate(prompts, list(range(len(prompts))), num_generations=1, greedy=True)
-        scores = self.scorer.score(batch.prompt_texts, batch.texts, batch.columns())
-        out = {}
-        for i, (label, vals) in enumerate(scores.values.items()):
-            mean = sum(v or 0.0 for v in vals) / len(vals)
-            out["accuracy" if i == 0 else label] = mean
-        out["completion_len"] = sum(c.num_tokens for c in batch.completions) / len(batch)
+        prompts = self.dist.shard(self.data.eval)
+        labels = [spec.label for spec in self.cfg.rewards.rules]
+        sums = dict.fromkeys(["_n", "completion_len", *labels], 0.0)
+        if prompts:
+            batch = self.backend.generate(prompts, list(range(len(prompts))), num_generations=1, greedy=True)
+            scores = self.scorer.score(batch.prompt_texts, batch.texts, batch.columns())
+            sums.update({label: sum(v or 0.0 for v in vals) for label, vals in scores.values.items()})
+            sums["_n"], sums["completion_len"] = len(batch), sum(c.num_tokens for c in batch.completions)
+        sums = self.dist.sum(sums)
+        out = {"accuracy" if i == 0 else label: sums[label] / sums["_n"] for i, label in enumerate(labels)}
+        out["completion_len"] = sums["completion_len"] / sums["_n"]
         return out
 
     @staticmethod
@@ -268,7 +361,9 @@ class GRPOTrainer:
     def save_checkpoint(self) -> Path:
         return save_checkpoint(
             self.run_dir / "checkpoints", self.step, self.policy.model, self.optimizer, self.scheduler,
-            self._trainer_state(), keep=self.cfg.logging.keep_checkpoints,
+            self._trainer_state(), keep=self.cfg.logging.keep_checkpoints, rank=self.dist.rank,
+            barrier=self.dist.barrier, full_state=self.dist.full_state_dict(self.train_model),
+            optimizer_per_rank=self.dist.sharded,
         )  # fmt: skip
 
     def _resume(self) -> None:
@@ -276,13 +371,15 @@ class GRPOTrainer:
         if ckpt is None:
             log.warning("--resume: no checkpoint in %s; starting from scratch", self.run_dir)
             return
-        state = load_checkpoint(ckpt, self.policy.model, self.optimizer, self.scheduler)
+        state = load_checkpoint(ckpt, self.policy.model, self.optimizer, self.scheduler, rank=self.dist.rank)
         self.step = state["step"]
         self.sampler.position = state["data_position"]
         self.base_eval = state["base_eval"]
         self.started = time.time() - state.get("elapsed", 0.0)
-        self.metrics_log.truncate_after(self.step)
-        console.print(f"resumed from {ckpt} (step {self.step})")
+        if self.dist.is_main:
+            self.metrics_log.truncate_after(self.step)
+            self.rollout_store.truncate_after(self.step)
+            console.print(f"resumed from {ckpt} (step {self.step})")
 
 
 def reward_metrics(scores, reward_B: torch.Tensor, group_B: torch.Tensor) -> dict[str, float]:

@@ -119,3 +119,82 @@ def test_resume_continues_as_the_uninterrupted_run(tiny_random_model_dir, tmp_pa
     assert wa["state"].keys() == wb["state"].keys()
     for k in wa["state"]:
         assert torch.allclose(wa["state"][k]["exp_avg"], wb["state"][k]["exp_avg"], atol=1e-6)
+
+
+# ---- GPU-path options, wired and checked on CPU ------------------------------------------------------------
+
+
+def test_gradient_checkpointing_with_lora_gives_the_plain_update(tiny_random_model_dir, tmp_path):
+    model_dir = tiny_random_model_dir("qwen3_moe")
+    after = {}
+    for gc in (False, True):
+        trainer = GRPOTrainer(_cfg(model_dir, f"model.gradient_checkpointing={str(gc).lower()}"), tmp_path / str(gc))
+        assert trainer.policy.model.is_gradient_checkpointing == gc
+        metrics = trainer.train_step()
+        after[gc] = (_snapshot(trainer.policy.model), metrics["loss"], metrics["grad_norm"])
+    (plain, loss, norm), (ckpt, loss_gc, norm_gc) = after[False], after[True]
+    assert loss_gc == pytest.approx(loss, abs=1e-6) and norm_gc == pytest.approx(norm, rel=1e-5)
+    assert all(torch.allclose(plain[n], ckpt[n], atol=1e-6) for n in plain)
+
+
+def test_logprob_passes_halve_on_out_of_memory(tiny_random_model_dir, tmp_path):
+    # num_iterations=2 needs the old policy's log-probs: a no-grad pass over all 8 rows at first
+    cfg = _cfg(
+        tiny_random_model_dir("deepseek_v3"), "algorithm.num_iterations=2", "training.logprob_micro_batch_size=8"
+    )
+    trainer = GRPOTrainer(cfg, tmp_path)
+    real = trainer._logprobs
+    sizes = []
+
+    def oom_above_two_rows(model, seq):
+        if not torch.is_grad_enabled():
+            sizes.append(seq.input_ids_BL.shape[0])
+            if seq.input_ids_BL.shape[0] > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, seq)
+
+    trainer._logprobs = oom_above_two_rows
+    metrics = trainer.train_step()
+    assert math.isfinite(metrics["loss"])
+    assert sizes == [8, 4, 2, 2, 2, 2] and trainer.logprob_chunks.size == 2  # halved twice, then kept
+
+
+def test_adamw_8bit_is_built_from_bitsandbytes(tiny_random_model_dir, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    class FakeAdamW8bit(torch.optim.AdamW):
+        pass
+
+    fake = types.ModuleType("bitsandbytes")
+    fake.optim = types.SimpleNamespace(AdamW8bit=FakeAdamW8bit)
+    monkeypatch.setitem(sys.modules, "bitsandbytes", fake)
+    trainer = GRPOTrainer(_cfg(tiny_random_model_dir("deepseek_v3"), "training.optimizer=adamw_8bit"), tmp_path)
+    assert isinstance(trainer.optimizer.optimizer, FakeAdamW8bit)
+    assert math.isfinite(trainer.train_step()["loss"])
+
+
+def test_adamw_8bit_without_bitsandbytes_says_how_to_install(monkeypatch):
+    import sys
+
+    from rl.configio import ConfigError
+    from rl.optim import OPTIMIZERS
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails as if not installed
+    with pytest.raises(
+        ConfigError, match=r"training\.optimizer: adamw_8bit needs bitsandbytes.*`pip install bitsandb"
+    ):
+        OPTIMIZERS.get("adamw_8bit")([torch.nn.Parameter(torch.zeros(1))], lr=1e-3, betas=[0.9, 0.99],
+                                     weight_decay=0.0, device=torch.device("cpu"))  # fmt: skip
+
+
+def test_bf16_autocast_over_float32_weights(tiny_random_model_dir, tmp_path):
+    cfg = _cfg(tiny_random_model_dir("deepseek_v3"), "training.mixed_precision=bf16")
+    trainer = GRPOTrainer(cfg, tmp_path)
+    assert trainer.dist.accelerator.mixed_precision == "bf16"
+    seen = []
+    hook = trainer.policy.model.get_output_embeddings().register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    metrics = trainer.train_step()
+    hook.remove()
+    assert torch.bfloat16 in seen, "the training forward must run under bf16 autocast"
+    assert math.isfinite(metrics["loss"]) and all(p.dtype == torch.float32 for p in trainer.params)

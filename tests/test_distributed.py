@@ -1,0 +1,171 @@
+"""Several processes, one run: batch splitting, metric reduction, and a real 2-process CPU run under
+``accelerate launch`` that must equal the 1-process run with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rl.config import AlgorithmConfig, TrainingConfig
+from rl.configio import ConfigError
+from rl.distributed import _reduce, local_sizes
+
+ROOT = Path(__file__).parents[1]
+REWARD = f"{Path(__file__).with_name('rewards_for_tests.py')}:digit_share"
+
+
+def test_local_sizes_split_the_global_batch():
+    a = AlgorithmConfig(num_generations=4, batch_size=32, mini_batch_size=16)
+    s = local_sizes(a, TrainingConfig(micro_batch_size=2), 4)
+    assert (s.batch, s.mini, s.micro) == (32 // 4, 16 // 4, 2)
+    assert local_sizes(a, TrainingConfig(), 1).micro == 16  # one process: the whole mini-batch per forward
+
+
+@pytest.mark.parametrize(
+    "algo, training, world, message",
+    [
+        # 24 completions / 2 processes = 12 per process: not whole groups of 8
+        (dict(num_generations=8, batch_size=24), {}, 2,
+         r"algorithm\.batch_size: 24 completions over 2 processes is 12 per process, not a multiple of "
+         r"algorithm\.num_generations=8 .* e\.g\. algorithm\.batch_size=32"),
+        (dict(num_generations=2, batch_size=12, mini_batch_size=6), {}, 4,
+         r"algorithm\.batch_size: 12 completions over 4 processes is 3 per process"),
+        (dict(num_generations=2, batch_size=16, mini_batch_size=4), {}, 8,
+         r"algorithm\.mini_batch_size: 4 does not split evenly over 8 processes"),
+        (dict(num_generations=2, batch_size=16), dict(micro_batch_size=16), 2,
+         r"training\.micro_batch_size: 16 must divide each process's share of the mini-batch \(16 / 2 processes = 8"),
+    ],
+)  # fmt: skip
+def test_local_sizes_errors_name_the_key_and_the_fix(algo, training, world, message):
+    with pytest.raises(ConfigError, match=message):
+        local_sizes(AlgorithmConfig(**algo), TrainingConfig(**training), world)
+
+
+def test_metric_reduction_rules():
+    v_N = torch.tensor([1.0, 3.0], dtype=torch.float64)
+    assert _reduce("reward", v_N) == (1.0 + 3.0) / 2
+    assert _reduce("reward/math_accuracy/errors", v_N) == 1.0 + 3.0
+    assert _reduce("tokens_per_s", v_N) == 1.0 + 3.0  # every process adds its own throughput
+    assert _reduce("completion_len_max", v_N) == 3.0
+    assert _reduce("time/step", v_N) == 3.0  # the step takes as long as its slowest process
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train_args(model_dir: str, out: Path, steps: int) -> list[str]:
+    sets = [
+        f"model.name_or_path={model_dir}",
+        "data.task=arith", "data.num_train=64", "data.num_eval=4",
+        "rollout.max_new_tokens=12", "rollout.seeded_groups=true",  # completions independent of the world size
+        "algorithm.num_generations=4", "algorithm.batch_size=16",  # 4 groups: 2 per process
+        f"rewards.rules=[{{name: '{REWARD}'}}]",
+        f"training.max_steps={steps}", "training.lr=0.01", "training.torch_threads=1", "training.device=cpu",
+        "logging.progress=false", "logging.save_every=2",
+    ]  # fmt: skip
+    return ["-m", "rl.cli", "train", str(ROOT / "recipes" / "r1_zero_tiny.yaml"), "--output-dir", str(out),
+            *[x for s in sets for x in ("--set", s)]]  # fmt: skip
+
+
+def _launch(args: list[str], dump: Path, processes: int) -> None:
+    env = {**os.environ, "R1KIT_DEBUG_DUMP_WEIGHTS": str(dump), "OMP_NUM_THREADS": "1"}
+    if processes == 1:
+        cmd = [sys.executable, *args]
+    else:
+        # `--multi_gpu` is accelerate's torchrun launcher; with training.device=cpu the processes form a gloo
+        # group. (`--cpu --num_processes 2` goes through the plain launcher, which starts one process unless
+        # mpirun is configured.)
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", f"--num_processes={processes}",
+               "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no",
+               f"--main_process_port={_free_port()}", *args]  # fmt: skip
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env, timeout=300)
+
+
+def _weights(dump: Path, rank: int) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(dump / f"weights-rank{rank}.safetensors"))
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tiny_random_model_dir, tmp_path):
+    model_dir = tiny_random_model_dir("deepseek_v3")
+    two, one, resumed = tmp_path / "two", tmp_path / "one", tmp_path / "resumed"
+    _launch(_train_args(model_dir, two, steps=3), tmp_path / "dump-two", processes=2)
+    _launch(_train_args(model_dir, one, steps=3), tmp_path / "dump-one", processes=1)
+
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 3
+    # DDP keeps the processes identical, bit for bit
+    w0, w1 = _weights(tmp_path / "dump-two", 0), _weights(tmp_path / "dump-two", 1)
+    assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
+    # the same global batch gives the same run: identical completions (seeded groups), the same rewards, and
+    # updates equal up to float summation order (Adam turns tiny gradient differences into ~1e-4 of lr x steps)
+    m2, m1 = _metrics(two), _metrics(one)
+    assert [m["step"] for m in m2] == [1, 2, 3]
+    for a, b in zip(m2, m1, strict=True):
+        assert a["completion_len"] == b["completion_len"] and a["reward"] == pytest.approx(b["reward"], abs=1e-6)
+        assert a["reward_std"] == pytest.approx(b["reward_std"], abs=1e-6)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    w_one = _weights(tmp_path / "dump-one", 0)
+    base_b = {k: v for k, v in w_one.items() if "lora_B" in k}
+    assert any(v.abs().max() > 0.01 for v in base_b.values()), "LoRA B starts at 0: training must have moved it"
+    diff = max((w0[k] - w_one[k]).abs().max().item() for k in w0)
+    assert diff < 1e-3, f"2-process weights differ from 1-process weights by {diff}"
+
+    # resume with 2 processes from the step-2 checkpoint: each process restores its own RNG file, and step 3
+    # lands on the uninterrupted run's weights exactly
+    ckpt = two / "checkpoints" / "step-000002"
+    assert {p.name for p in ckpt.iterdir()} >= {"rng-rank0.pt", "rng-rank1.pt", "trainable.safetensors"}
+    shutil.copytree(ckpt, resumed / "checkpoints" / ckpt.name)
+    (resumed / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in m2[:2]))
+    _launch([*_train_args(model_dir, resumed, steps=3), "--resume"], tmp_path / "dump-resumed", processes=2)
+    w_res = _weights(tmp_path / "dump-resumed", 0)
+    assert all(torch.equal(w_res[k], w0[k]) for k in w0)
+    assert [m["step"] for m in _metrics(resumed)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("name, kind", [("ddp", "MULTI_GPU"), ("fsdp2", "FSDP"), ("zero3", "DEEPSPEED")])
+def test_shipped_accelerate_configs_load(name, kind):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(ROOT / "recipes" / "accelerate" / f"{name}.yaml"))
+    assert cfg.distributed_type.value == kind
+    assert cfg.mixed_precision == "no", "precision comes from the recipe (training.mixed_precision)"
+
+
+def test_deepspeed_refuses_micro_batch_accumulation():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from rl.distributed import Dist
+
+    fake = SimpleNamespace(process_index=0, num_processes=2, is_main_process=True, device=torch.device("cpu"),
+                           distributed_type=DistributedType.DEEPSPEED)  # fmt: skip
+    a = AlgorithmConfig(num_generations=4, batch_size=16)
+    with pytest.raises(ConfigError, match=r"training\.micro_batch_size: DeepSpeed .*training\.micro_batch_size=8 "):
+        Dist(fake).local_sizes(a, TrainingConfig(micro_batch_size=2))
+    assert Dist(fake).local_sizes(a, TrainingConfig()).micro == 8
+
+
+def test_fp16_on_cpu_is_refused():
+    from rl.distributed import make_accelerator
+
+    with pytest.raises(ConfigError, match=r"training\.mixed_precision: fp16 needs a CUDA GPU; on CPU use bf16 or no"):
+        make_accelerator(TrainingConfig(device="cpu", mixed_precision="fp16"))
