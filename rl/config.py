@@ -115,6 +115,9 @@ class RolloutConfig:
     """Top-k sampling; 0 disables it."""
     generation_batch_size: int | None = None
     """Rows per ``generate`` call (memory bound); None generates the whole step at once."""
+    sampler: Literal["r1kit", "generate"] = "r1kit"
+    """Decoding loop: r1kit's (each prompt prefilled once per group, finished rows dropped) or transformers'
+    ``model.generate`` (the reference; same tokens under the same seed, slower on small models)."""
     seeded_groups: bool = False
     """Generate each group alone with torch's RNG seeded from (training.seed, group id): completions then depend
     neither on the number of processes nor on which groups share a ``generate`` call, so a 2-process run

@@ -19,9 +19,10 @@ OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer
 
 @OPTIMIZERS.register("adamw")
 def adamw(params, *, lr: float, betas: Sequence[float], weight_decay: float, device: torch.device):
-    # foreach=True fuses the per-parameter updates into a few kernels on GPU; on CPU the loop is as fast.
+    # fused: one kernel updates every tensor. On the tiny CPU run clip + step take 1.8 ms fused, 4.3 ms with the
+    # per-parameter loop and 6.9 ms with foreach (docs/performance.md); on GPU fused beats foreach too.
     return torch.optim.AdamW(
-        params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, foreach=device.type == "cuda"
+        params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=device.type in ("cpu", "cuda")
     )
 
 

@@ -95,7 +95,7 @@ class GRPOTrainer:
         r = cfg.rollout
         self.backend = BACKENDS.get(r.backend)(
             self.policy.model, self.policy.tokenizer, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-            top_p=r.top_p, top_k=r.top_k, batch_size=r.generation_batch_size,
+            top_p=r.top_p, top_k=r.top_k, batch_size=r.generation_batch_size, sampler=r.sampler,
         )  # fmt: skip
         self.moe = attach_router_control(self.policy.model, cfg.moe)  # before collecting params: may freeze routers
         a, t = cfg.algorithm, cfg.training
@@ -257,7 +257,10 @@ class GRPOTrainer:
         return scores, torch.tensor([math.nan if v is None else v for v in scores.total], dtype=torch.float32)
 
     def _logprobs(self, model, seq: SequenceTensors) -> torch.Tensor:
-        return completion_logprobs(model, seq, temperature=self.cfg.rollout.temperature)[0]
+        # One padded forward when router hooks observe it (they need the padded layout, rl.moe.control) or when a
+        # DDP/FSDP wrapper expects a single forward per backward.
+        share = not self.moe.observing and self.dist.world_size == 1
+        return completion_logprobs(model, seq, temperature=self.cfg.rollout.temperature, share_prompts=share)[0]
 
     @torch.no_grad()
     def _logprobs_nograd(self, model, seq: SequenceTensors, moe_phase: str | None = None) -> torch.Tensor:

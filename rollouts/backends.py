@@ -15,6 +15,7 @@ import torch
 
 from rl.registry import Registry
 from rollouts.records import Completion, Prompt, RolloutBatch
+from rollouts.sampler import sample
 
 
 class GenerationBackend(Protocol):
@@ -48,7 +49,12 @@ def router_logits_off(model: torch.nn.Module) -> Iterator[None]:
 
 @BACKENDS.register("transformers")
 class TransformersBackend:
-    """Batched ``model.generate`` with left padding; G samples per prompt; stops at EOS or ``max_new_tokens``."""
+    """G samples per prompt from a transformers model; each row stops at EOS or ``max_new_tokens``.
+
+    ``sampler="r1kit"`` (default) runs ``rollouts.sampler.sample``: each prompt prefilled once for its group,
+    finished rows dropped, no ``generate`` overhead per token. ``sampler="generate"`` is the reference path:
+    batched ``model.generate`` with left padding. Both give the same tokens under the same seed.
+    """
 
     def __init__(
         self,
@@ -60,8 +66,11 @@ class TransformersBackend:
         top_p: float = 1.0,
         top_k: int = 0,
         batch_size: int | None = None,
+        sampler: str = "r1kit",
     ) -> None:
-        self.model, self.tokenizer = model, tokenizer
+        if sampler not in SAMPLERS:
+            raise ValueError(f"rollout.sampler: unknown {sampler!r}; known: {list(SAMPLERS)}")
+        self.model, self.tokenizer, self.sampler = model, tokenizer, sampler
         self.max_new_tokens, self.temperature, self.top_p, self.top_k = max_new_tokens, temperature, top_p, top_k
         self.batch_size = batch_size
         if tokenizer.pad_token_id is None:
@@ -85,22 +94,47 @@ class TransformersBackend:
             completions.extend(self._generate_rows(rows[start : start + step], greedy))
         return RolloutBatch(completions)
 
-    @torch.no_grad()
     def _generate_rows(self, rows, greedy: bool) -> list[Completion]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with router_logits_off(self.model):
+                if self.sampler == "generate":
+                    return self._with_generate(rows, greedy)
+                return self._with_sampler(rows, greedy)
+        finally:
+            self.model.train(was_training)
+
+    def _with_sampler(self, rows, greedy: bool) -> list[Completion]:
+        # Consecutive rows of one group share a prompt: one unit (prompt ids, repeats) per run of rows.
+        units: list[tuple[int, list[int], int]] = []
+        for _, g, ids in rows:
+            if units and units[-1][0] == g and units[-1][1] == ids:
+                units[-1] = (g, ids, units[-1][2] + 1)
+            else:
+                units.append((g, ids, 1))
+        out = sample(
+            self.model, [ids for _, ids, _ in units], [n for _, _, n in units], max_new_tokens=self.max_new_tokens,
+            eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_token_id, temperature=self.temperature,
+            top_p=self.top_p, top_k=self.top_k, greedy=greedy,
+        )  # fmt: skip
+        completions = [self._completion(row, gen) for row, gen in zip(rows, out.tokens, strict=True)]
+        for c, lp in zip(completions, out.logprobs, strict=True):
+            c.logprobs = lp[: c.num_tokens]
+        return completions
+
+    @torch.no_grad()
+    def _with_generate(self, rows, greedy: bool) -> list[Completion]:
         device = next(self.model.parameters()).device
         P = max(len(ids) for _, _, ids in rows)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (P - len(ids)) + ids for _, _, ids in rows], device=device)
         attention = torch.tensor([[0] * (P - len(ids)) + [1] * len(ids) for _, _, ids in rows], device=device)
         sampling = {} if greedy else {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
-        was_training = self.model.training
-        self.model.eval()
-        with router_logits_off(self.model):
-            out = self.model.generate(
-                input_ids=input_ids, attention_mask=attention, max_new_tokens=self.max_new_tokens,
-                do_sample=not greedy, pad_token_id=pad, eos_token_id=self.eos_ids, **sampling,
-            )  # fmt: skip
-        self.model.train(was_training)
+        out = self.model.generate(
+            input_ids=input_ids, attention_mask=attention, max_new_tokens=self.max_new_tokens,
+            do_sample=not greedy, pad_token_id=pad, eos_token_id=self.eos_ids, **sampling,
+        )  # fmt: skip
         return [self._completion(row, gen) for row, gen in zip(rows, out[:, P:].tolist(), strict=True)]
 
     def _completion(self, row, gen: list[int]) -> Completion:
@@ -109,6 +143,9 @@ class TransformersBackend:
         tokens = gen if cut is None else gen[: cut + 1]  # keep the EOS: the model must learn to stop
         text = self.tokenizer.decode(tokens if cut is None else tokens[:-1], skip_special_tokens=False)
         return Completion(group_id, prompt, ids, tokens, text, "length" if cut is None else "eos")
+
+
+SAMPLERS = ("r1kit", "generate")
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

@@ -71,6 +71,12 @@ class RouterControl:
         """Replay needs the recording forward even when the update is on-policy (the trainer would skip it)."""
         return self.replay and bool(self._handles)
 
+    @property
+    def observing(self) -> bool:
+        """Whether the hooks act on the current forward: it must then be one router call per layer over the padded
+        (rows, positions) batch, so ``rl.logprobs`` must not split it into a shared-prompt and a completion pass."""
+        return self._phase is not None
+
     def remove(self) -> None:
         for h in self._handles:
             h.remove()

@@ -1,0 +1,231 @@
+"""Every fast path against the straightforward reference it replaces (STYLE.md habit 7).
+
+- ``rollouts.sampler.sample`` vs ``model.generate``: the same tokens under the same seed (sampling with
+  temperature / top-k / top-p, greedy), with left padding, shared prompts and rows finishing at different times.
+- its per-token log-probabilities vs the training forward's: equal within float tolerance.
+- ``shared_prompt_logprobs`` (each prompt run once) vs the padded forward: equal log-probabilities and gradients.
+- a whole trainer step with the fast paths vs one with the reference paths: the same metrics and parameters.
+
+Random-weight models: their next-token distributions are nearly flat, so any divergence in the random stream or
+the logits shows up as different tokens within a few steps.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rl.config import load_recipe
+from rl.logprobs import completion_logprobs, shared_prompt_logprobs
+from rl.trainer import GRPOTrainer
+from rollouts.backends import TransformersBackend
+from rollouts.records import Prompt, to_tensors
+from rollouts.sampler import sample
+
+FAMILIES = ["qwen3_moe", "deepseek_v3"]
+PROMPTS = ["Q: 1+2\nA:", "Q: 9+9+9+9+9\nA:", "Q: 4+4+1\nA:"]  # different lengths: left padding
+
+
+def _load(path, **config):
+    tok = AutoTokenizer.from_pretrained(path)
+    return AutoModelForCausalLM.from_pretrained(path, **config).eval(), tok
+
+
+def _generate_reference(model, tok, prompt_ids, repeats, eos_ids, max_new_tokens, greedy, **sampling):
+    """``model.generate`` on the same rows (prompt u repeated ``repeats[u]`` times), cut at the first EOS."""
+    rows = [ids for ids, n in zip(prompt_ids, repeats, strict=True) for _ in range(n)]
+    P = max(map(len, rows))
+    ids = torch.tensor([[tok.pad_token_id] * (P - len(r)) + r for r in rows])
+    attn = torch.tensor([[0] * (P - len(r)) + [1] * len(r) for r in rows])
+    if not greedy:  # explicit, as the backend passes them: a checkpoint's generation config may default top_k=50
+        sampling = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, **sampling}
+    out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens, do_sample=not greedy,
+                         pad_token_id=tok.pad_token_id, eos_token_id=eos_ids, **sampling)  # fmt: skip
+    tokens = []
+    for gen in out[:, P:].tolist():
+        cut = next((i for i, t in enumerate(gen) if t in eos_ids), None)
+        tokens.append(gen if cut is None else gen[: cut + 1])
+    return tokens
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(
+    "sampling",
+    [{}, {"temperature": 0.7}, {"top_k": 5}, {"top_p": 0.8, "temperature": 1.3}, {"greedy": True}],
+    ids=["plain", "temperature", "top_k", "top_p", "greedy"],
+)
+def test_sampler_gives_the_tokens_of_generate(tiny_random_model_dir, family, sampling):
+    model, tok = _load(tiny_random_model_dir(family))
+    prompt_ids = [tok.encode(p) for p in PROMPTS]
+    repeats = [4, 3, 1]
+    # Many stop tokens: rows finish at different steps, so finished rows leave the sampler's batch early.
+    eos_ids = sorted({tok.eos_token_id, *tok.encode("0123456789")})
+    greedy = sampling.pop("greedy", False)
+    torch.manual_seed(7)
+    ref = _generate_reference(model, tok, prompt_ids, repeats, eos_ids, 12, greedy, **sampling)
+    torch.manual_seed(7)
+    fast = sample(model, prompt_ids, repeats, max_new_tokens=12, eos_ids=eos_ids, pad_id=tok.pad_token_id,
+                  greedy=greedy, **sampling)  # fmt: skip
+    assert fast.tokens == ref
+    lengths = {len(t) for t in ref}
+    assert len(lengths) > 1 or greedy, "rows must finish at different steps for the test to bite"
+
+
+@pytest.mark.parametrize(
+    ("attn", "prompts"),
+    [("eager", PROMPTS), ("sdpa", ["Q: 1+2\nA:", "Q: 3+4\nA:"])],
+    ids=["eager-attention", "no-padding"],
+)
+def test_sampler_gives_the_tokens_of_generate_without_its_own_decode_mask(tiny_random_model_dir, attn, prompts):
+    # The sampler passes its own 4-D decode mask only to sdpa models with left padding; otherwise the model builds
+    # its mask itself, as under generate.
+    model, tok = _load(tiny_random_model_dir("qwen3_moe"), attn_implementation=attn)
+    prompt_ids = [tok.encode(p) for p in prompts]
+    eos_ids = sorted({tok.eos_token_id, *tok.encode("0123456789")})
+    torch.manual_seed(5)
+    ref = _generate_reference(model, tok, prompt_ids, [3] * len(prompts), eos_ids, 10, False)
+    torch.manual_seed(5)
+    fast = sample(model, prompt_ids, [3] * len(prompts), max_new_tokens=10, eos_ids=eos_ids, pad_id=tok.pad_token_id)
+    assert fast.tokens == ref
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_backend_samplers_agree_with_groups_split_across_generation_batches(tiny_random_model_dir, family):
+    model, tok = _load(tiny_random_model_dir(family))
+    prompts = [Prompt(str(i), p) for i, p in enumerate(PROMPTS)]
+    out = {}
+    for sampler in ("generate", "r1kit"):
+        # batch_size 5 with G = 4: the second generation batch holds the end of one group and the start of another
+        backend = TransformersBackend(model, tok, max_new_tokens=8, top_k=20, batch_size=5, sampler=sampler)
+        torch.manual_seed(3)
+        out[sampler] = backend.generate(prompts, [0, 1, 2], num_generations=4)
+    assert [c.token_ids for c in out["r1kit"].completions] == [c.token_ids for c in out["generate"].completions]
+    assert out["r1kit"].texts == out["generate"].texts
+    assert [c.finish_reason for c in out["r1kit"].completions] == [
+        c.finish_reason for c in out["generate"].completions
+    ]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sampler_logprobs_equal_the_training_forward(tiny_random_model_dir, family):
+    model, tok = _load(tiny_random_model_dir(family))
+    backend = TransformersBackend(model, tok, max_new_tokens=10, temperature=0.8)
+    torch.manual_seed(0)
+    batch = backend.generate([Prompt(str(i), p) for i, p in enumerate(PROMPTS)], [0, 1, 2], num_generations=3)
+    seq = to_tensors(batch.completions, tok.pad_token_id)
+    with torch.no_grad():
+        ref_BT = completion_logprobs(model, seq, temperature=0.8, share_prompts=False)[0]
+    for i, c in enumerate(batch.completions):
+        assert len(c.logprobs) == c.num_tokens
+        torch.testing.assert_close(torch.tensor(c.logprobs), ref_BT[i, : c.num_tokens], atol=1e-5, rtol=0)
+
+
+def _rollout_tensors(model, tok, num_generations=4, shuffle=True):
+    backend = TransformersBackend(model, tok, max_new_tokens=10)
+    torch.manual_seed(1)
+    batch = backend.generate([Prompt(str(i), p) for i, p in enumerate(PROMPTS)], [0, 1, 2],
+                             num_generations=num_generations)  # fmt: skip
+    seq = to_tensors(batch.completions, tok.pad_token_id)
+    # The trainer feeds shuffled mini-batches: rows of a group are not adjacent.
+    return seq.select(torch.randperm(len(batch), generator=torch.Generator().manual_seed(0))) if shuffle else seq
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shared_prompt_forward_equals_the_padded_forward(tiny_random_model_dir, family):
+    model, tok = _load(tiny_random_model_dir(family))
+    model.train()
+    seq = _rollout_tensors(model, tok)
+    weights_BT = torch.randn(seq.completion_mask_BT.shape, generator=torch.Generator().manual_seed(2))
+    grads = []
+    for share in (False, True):
+        model.zero_grad()
+        logp_BT = completion_logprobs(model, seq, share_prompts=share)[0]
+        (logp_BT * weights_BT).sum().backward()
+        grads.append(
+            (logp_BT.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        )
+    (ref_BT, ref_g), (fast_BT, fast_g) = grads
+    torch.testing.assert_close(fast_BT, ref_BT, atol=1e-5, rtol=0)
+    assert (fast_BT[seq.completion_mask_BT == 0] == 0).all()
+    assert ref_g.keys() == fast_g.keys()
+    for n in ref_g:
+        torch.testing.assert_close(fast_g[n], ref_g[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_shared_prompt_forward_declines_when_no_prompt_repeats(tiny_random_model_dir):
+    model, tok = _load(tiny_random_model_dir("qwen3_moe"))
+    seq = _rollout_tensors(model, tok, num_generations=1)
+    assert shared_prompt_logprobs(model, seq) is None
+    logp_BT, out = completion_logprobs(model, seq)  # falls back to the padded forward
+    assert out.logits.shape[0] == len(PROMPTS)
+
+
+REWARD = f"{Path(__file__).with_name('rewards_for_tests.py')}:digit_share"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trainer_steps_with_fast_paths_equal_reference_paths(tiny_random_model_dir, tmp_path, family, monkeypatch):
+    """Two steps each way: the same samples (so the same rewards, exactly) and the same first-update gradients.
+
+    Parameters are not compared after AdamW: it divides by sqrt(v), so a gradient of 1e-9 and one of 2e-9 both
+    move a weight by ~lr, and float-rounding differences of near-zero gradients become lr-sized steps.
+    """
+    import rl.trainer
+
+    runs = []
+    for fast in (False, True):
+        cfg = load_recipe(None, [
+            f"model.name_or_path={tiny_random_model_dir(family)}", "model.finetune=full",
+            "data.task=arith", "data.num_train=32", "data.num_eval=4", "rollout.max_new_tokens=10",
+            f"rollout.sampler={'r1kit' if fast else 'generate'}",
+            "algorithm.num_generations=4", "algorithm.batch_size=8", f"rewards.rules=[{{name: '{REWARD}'}}]",
+            "training.lr=0.01", "logging.progress=false",
+            "moe.telemetry=false",  # router hooks observing a forward need the padded layout: no sharing then
+        ])  # fmt: skip
+        # the reference training forward runs every row's prompt itself
+        monkeypatch.setattr(rl.trainer, "completion_logprobs", _with_sharing(fast))
+        trainer = GRPOTrainer(cfg, tmp_path / f"fast{fast}")
+        grads = _record_grads(trainer)
+        metrics = [trainer.train_step() for _ in range(2)]
+        runs.append((metrics, grads[0]))
+    (ref_m, ref_g), (fast_m, fast_g) = runs
+    for a, b in zip(ref_m, fast_m, strict=True):
+        for k in ("reward", "completion_len", "adv_abs_mean"):
+            assert a[k] == b[k], k  # the same samples: the same rewards and lengths, exactly
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-4, abs_tol=1e-6)
+        assert math.isclose(a["grad_norm"], b["grad_norm"], rel_tol=1e-4)
+    assert ref_g.keys() == fast_g.keys()
+    for n in ref_g:
+        torch.testing.assert_close(fast_g[n], ref_g[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+def _with_sharing(share: bool):
+    return lambda *a, **k: completion_logprobs(*a, share_prompts=share, **k)
+
+
+def _record_grads(trainer) -> list[dict[str, torch.Tensor]]:
+    """The gradients each optimizer update sees, recorded just before it steps."""
+    grads: list[dict[str, torch.Tensor]] = []
+    named = list(trainer.policy.model.named_parameters())
+    trainer.optimizer.register_step_pre_hook(
+        lambda *_: grads.append({n: p.grad.clone() for n, p in named if p.grad is not None})
+    )
+    return grads
+
+
+def test_training_after_sampling_with_dynamic_rope(tiny_random_model_dir):
+    # Dynamic RoPE re-computes its frequency buffer inside the forward once a sequence outgrows the trained length;
+    # done under the sampler's inference_mode, that buffer must not poison the next training forward.
+    dynamic = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+    model, tok = _load(tiny_random_model_dir("qwen3_moe"), max_position_embeddings=16, rope_parameters=dynamic)
+    assert model.config.rope_parameters["rope_type"] == "dynamic"
+    backend = TransformersBackend(model, tok, max_new_tokens=24)
+    batch = backend.generate([Prompt("a", "Q: 1+2+3+4+5+6\nA:")], [0], num_generations=2)
+    model.train()
+    logp_BT = completion_logprobs(model, to_tensors(batch.completions, tok.pad_token_id))[0]
+    logp_BT.sum().backward()
+    assert not any(b.is_inference() for b in model.buffers())
