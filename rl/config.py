@@ -61,7 +61,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     task: str | None = "arith"
-    """Synthetic task generated locally (``arith``); set to null when ``path`` is used."""
+    """Synthetic task generated locally (``arith``, ``pyfunc``: see ``rollouts.tasks``); null when ``path`` is used."""
     path: str | None = None
     """A hub dataset id, or a local file (JSONL/JSON/Parquet/CSV) or directory; a local path wins when it exists."""
     subset: str | None = None

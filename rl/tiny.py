@@ -27,7 +27,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedTokenizerFast
 
 from rl.registry import Registry
-from rollouts.tasks import TEMPLATES, arith_demo, split_examples
+from rollouts.tasks import DEMOS, TEMPLATES, split_examples
 
 log = logging.getLogger(__name__)
 
@@ -48,58 +48,68 @@ def build_char_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
+def _merged(overrides: dict, **defaults) -> dict:
+    """The family's tiny defaults, with any key the caller sets (e.g. a larger ``hidden_size``) taking precedence."""
+    return {**defaults, **overrides}
+
+
 def _deepseek_v3(vocab_size: int, **kw) -> PretrainedConfig:
     from transformers import DeepseekV3Config
 
     # DeepSeek-V3 layout in miniature: MLA attention, first layer dense, 8 routed experts (top-2) in 4 groups of
     # which 2 may be chosen (sigmoid group-limited routing), one shared expert.
-    return DeepseekV3Config(
+    return DeepseekV3Config(**_merged(
+        kw,
         vocab_size=vocab_size, hidden_size=128, intermediate_size=256, moe_intermediate_size=96,
         num_hidden_layers=4, first_k_dense_replace=1, num_attention_heads=4, num_key_value_heads=4,
         n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1, n_group=4, topk_group=2,
         q_lora_rank=None, kv_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=16, v_head_dim=32,
-        max_position_embeddings=512, tie_word_embeddings=False, **kw,
-    )  # fmt: skip
+        max_position_embeddings=512, tie_word_embeddings=False,
+    ))  # fmt: skip
 
 
 def _qwen3_moe(vocab_size: int, **kw) -> PretrainedConfig:
     from transformers import Qwen3MoeConfig
 
-    return Qwen3MoeConfig(
+    return Qwen3MoeConfig(**_merged(
+        kw,
         vocab_size=vocab_size, hidden_size=128, intermediate_size=256, moe_intermediate_size=96,
         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=32, num_experts=8,
-        num_experts_per_tok=2, norm_topk_prob=True, max_position_embeddings=512, tie_word_embeddings=False, **kw,
-    )  # fmt: skip
+        num_experts_per_tok=2, norm_topk_prob=True, max_position_embeddings=512, tie_word_embeddings=False,
+    ))  # fmt: skip
 
 
 def _olmoe(vocab_size: int, **kw) -> PretrainedConfig:
     from transformers import OlmoeConfig
 
-    return OlmoeConfig(
+    return OlmoeConfig(**_merged(
+        kw,
         vocab_size=vocab_size, hidden_size=128, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
         num_key_value_heads=4, num_experts=8, num_experts_per_tok=2, max_position_embeddings=512,
-        tie_word_embeddings=False, **kw,
-    )  # fmt: skip
+        tie_word_embeddings=False,
+    ))  # fmt: skip
 
 
 def _mixtral(vocab_size: int, **kw) -> PretrainedConfig:
     from transformers import MixtralConfig
 
-    return MixtralConfig(
+    return MixtralConfig(**_merged(
+        kw,
         vocab_size=vocab_size, hidden_size=128, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
         num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=512,
-        tie_word_embeddings=False, **kw,
-    )  # fmt: skip
+        tie_word_embeddings=False,
+    ))  # fmt: skip
 
 
 def _qwen2_moe(vocab_size: int, **kw) -> PretrainedConfig:
     from transformers import Qwen2MoeConfig
 
-    return Qwen2MoeConfig(
+    return Qwen2MoeConfig(**_merged(
+        kw,
         vocab_size=vocab_size, hidden_size=128, intermediate_size=256, moe_intermediate_size=96,
         shared_expert_intermediate_size=96, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-        num_experts=8, num_experts_per_tok=2, max_position_embeddings=512, tie_word_embeddings=False, **kw,
-    )  # fmt: skip
+        num_experts=8, num_experts_per_tok=2, max_position_embeddings=512, tie_word_embeddings=False,
+    ))  # fmt: skip
 
 
 TINY_FAMILIES: Registry[Callable[..., PretrainedConfig]] = Registry("tiny model family")
@@ -127,7 +137,8 @@ class PretrainConfig:
     lr: float = 3e-3
     warmup: int = 50
     mistake_rate: float = 0.6
-    """Share of demonstrations whose shown answer forgets the last term (see ``rollouts.tasks``)."""
+    """Share of demonstrations whose shown answer carries the task's systematic mistake (``rollouts.tasks.DEMOS``:
+    arith forgets the last term, pyfunc's code is off by one)."""
     n_demos: int = 40000
     template: str = "qa"
     seed: int = 0
@@ -135,12 +146,13 @@ class PretrainConfig:
 
 def demo_texts(task: str, cfg: PretrainConfig, *, eval_seed: int, n_eval: int) -> list[tuple[str, str]]:
     """(prompt, completion) pairs for pre-training; excludes the eval questions of ``eval_seed``."""
+    demo = DEMOS.get(task)
     train, _ = split_examples(task, n_train=cfg.n_demos, n_eval=n_eval, seed=eval_seed)
     rng = random.Random(cfg.seed)
     tpl = TEMPLATES.get(cfg.template)
     return [
         (tpl.format(question=d.example.question), d.example.completion(d.shown_answer))
-        for d in (arith_demo(ex, rng, cfg.mistake_rate) for ex in train)
+        for d in (demo(ex, rng, cfg.mistake_rate) for ex in train)
     ]
 
 

@@ -21,9 +21,7 @@ readable and the loader never sees half a file. Open a run with ``rollouts.load(
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rl.runlog import atomic_write
 from rollouts.records import RolloutBatch
 
 if TYPE_CHECKING:
@@ -123,24 +122,8 @@ def _mean(xs: Sequence[float] | None) -> float | None:
 
 
 def write_table_atomic(table: pa.Table, path: Path) -> None:
-    """Write ``table`` to a hidden temp sibling, fsync it, rename over ``path``: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pq.write_table(table, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    # The rename itself must reach the disk too, or a crash can forget the file even though its bytes are there.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write ``table`` as Parquet atomically (see ``rl.runlog.atomic_write``)."""
+    atomic_write(path, lambda f: pq.write_table(table, f))
 
 
 class RolloutStore:

@@ -1,5 +1,9 @@
 """Synthetic tasks generated locally (nothing can be downloaded): the embedded default for the tiny recipes.
 
+A task is a generator of ``Example`` records (``TASKS``) plus a demonstration function (``DEMOS``) that turns an
+example into the (possibly mistaken) completion a tiny base is pre-trained on. ``Example.columns`` are the
+dataset columns the task's rewards read.
+
 ``arith``: sums of 3-5 single digits, solved step by step in the R1 format::
 
     prompt      "Q: 3+5+7+2\nA:"
@@ -9,13 +13,18 @@ Demonstrations used to pre-train the tiny base carry a *systematic* mistake: wit
 answer repeats the partial sum before the last step ("forgot the last term"). The base thus learns the format and
 correct step-by-step sums, but its answers often ignore its own final line; GRPO with an answer reward has to
 teach it to trust its reasoning.
+
+``pyfunc``: infer a one-line Python function from three input/output pairs (see ``pyfunc_example``).
 """
 
 from __future__ import annotations
 
+import json
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from rl.registry import Registry
 from rollouts.records import Prompt
@@ -39,6 +48,12 @@ class Example:
     question: str
     reasoning: str
     answer: str
+    columns: dict[str, Any] | None = None
+    """Dataset columns the rewards read (JSON-able values); None = ``{"answer": answer}``."""
+
+    @property
+    def prompt_columns(self) -> dict[str, Any]:
+        return {"answer": self.answer} if self.columns is None else dict(self.columns)
 
     def completion(self, answer: str | None = None) -> str:
         return f"<think>{self.reasoning}</think><answer>{self.answer if answer is None else answer}</answer>"
@@ -68,8 +83,60 @@ def arith_demo(ex: Example, rng: random.Random, mistake_rate: float) -> Demo:
     return Demo(ex, ex.answer)
 
 
+# --------------------------------------------------------------------------------------------------- pyfunc
+# Rule families: the reasoning and the code both spell the rule this way; ``{k}`` is drawn from the range. Three
+# points determine the rule within this family (two rules agree on at most two inputs).
+PYFUNC_RULES: dict[str, range] = {"x+{k}": range(1, 10), "x-{k}": range(1, 10), "x*{k}": range(2, 10),
+                                  "x*x+{k}": range(1, 10)}  # fmt: skip
+PYFUNC_SHOWN = range(0, 10)
+"""Inputs the prompt may show (three distinct, ascending)."""
+PYFUNC_HIDDEN = range(10, 100)
+"""Inputs only the tests use: a program must implement the rule, not a lookup of the shown pairs."""
+
+
+def pyfunc_example(rng: random.Random, n_shown: int = 3, n_hidden: int = 3) -> Example:
+    """Write ``f`` from three of its values. The reasoning states the rule, the answer writes it as code::
+
+        question    "f(1)=3 f(2)=4 f(5)=7"
+        completion  "<think>f(x)=x+2</think><answer>def f(x): return x+2</answer>"
+
+    The ``tests`` column (a JSON string, the format of ``rewards.code``) checks the shown inputs and
+    ``n_hidden`` unseen larger ones.
+    """
+    template = rng.choice(sorted(PYFUNC_RULES))
+    rule = template.format(k=rng.choice(PYFUNC_RULES[template]))
+    shown = sorted(rng.sample(PYFUNC_SHOWN, n_shown))
+    hidden = sorted(rng.sample(PYFUNC_HIDDEN, n_hidden))
+    f = _pyfunc(rule)
+    tests = {"function": {"name": "f", "cases": [{"args": [x], "expected": f(x)} for x in shown + hidden]}}
+    return Example(
+        " ".join(f"f({x})={f(x)}" for x in shown),
+        f"f(x)={rule}",
+        f"def f(x): return {rule}",
+        {"tests": json.dumps(tests)},
+    )
+
+
+def pyfunc_demo(ex: Example, rng: random.Random, mistake_rate: float) -> Demo:
+    if rng.random() < mistake_rate:
+        # Off by one: the code's constant (the trailing number) is one more than in the rule just stated.
+        return Demo(ex, re.sub(r"\d+$", lambda m: str(int(m.group()) + 1), ex.answer))
+    return Demo(ex, ex.answer)
+
+
+def _pyfunc(rule: str) -> Callable[[int], int]:
+    """The rule as a Python function, evaluated here (trusted: the rules come from ``PYFUNC_RULES``)."""
+    return eval(f"lambda x: {rule}")  # noqa: S307
+
+
 TASKS: Registry[Callable[[random.Random], Example]] = Registry("task")
 TASKS.add("arith", arith_example)
+TASKS.add("pyfunc", pyfunc_example)
+
+DEMOS: Registry[Callable[[Example, random.Random, float], Demo]] = Registry("task demonstration")
+"""Per task: ``(example, rng, mistake_rate) -> Demo``, the systematic mistakes a tiny base is pre-trained on."""
+DEMOS.add("arith", arith_demo)
+DEMOS.add("pyfunc", pyfunc_demo)
 
 
 def split_examples(task: str, *, n_train: int, n_eval: int, seed: int) -> tuple[list[Example], list[Example]]:
@@ -91,6 +158,5 @@ def split_examples(task: str, *, n_train: int, n_eval: int, seed: int) -> tuple[
 def to_prompts(examples: list[Example], template: str, prefix: str) -> list[Prompt]:
     tpl = TEMPLATES.get(template)
     return [
-        Prompt(f"{prefix}{i}", tpl.format(question=ex.question), {"answer": ex.answer})
-        for i, ex in enumerate(examples)
+        Prompt(f"{prefix}{i}", tpl.format(question=ex.question), ex.prompt_columns) for i, ex in enumerate(examples)
     ]

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from rewards.base import Scored, register_reward
 from rewards.code.api import get_sandbox, run_many
+from rewards.code.cases import extract_program
+from rewards.code.runner import CodeResult
+
+
+def run_unique(programs: Sequence[str | None], tests: Sequence[Any], **kw: Any) -> list[CodeResult | None]:
+    """``run_many`` over the distinct (program, tests) pairs only, fanned back out in order; ``None`` programs
+    give ``None``. A GRPO group often repeats a completion (more so as the policy sharpens), and each run costs
+    a sandbox start (~20-70 ms). A program that is not deterministic gets one verdict for all its copies.
+    """
+    keys = [
+        None if p is None else (p, t if isinstance(t, str) else json.dumps(t, sort_keys=True))
+        for p, t in zip(programs, tests, strict=True)
+    ]
+    unique = list(dict.fromkeys(k for k in keys if k is not None))
+    results = dict(zip(unique, run_many([k[0] for k in unique], [k[1] for k in unique], **kw), strict=True))
+    return [None if k is None else results[k] for k in keys]
 
 
 def _score(
@@ -22,10 +39,9 @@ def _score(
 ) -> list[Scored]:
     if no_program not in ("zero", "abstain"):
         raise ValueError(f"no_program: expected 'zero' or 'abstain', got {no_program!r}")
-    results = run_many(
-        list(completions),
+    results = run_unique(
+        [extract_program(c) for c in completions],
         list(tests),
-        extract=True,
         stop_on_fail=all_pass,
         timeout_s=timeout_s,
         memory_mb=memory_mb,
