@@ -204,16 +204,21 @@ def test_trainer_steps_with_fast_paths_equal_reference_paths(tiny_random_model_d
 
 
 def _with_sharing(share: bool):
-    # Overrides the trainer's own choice (it shares prompts whenever no router hook observes the forward).
-    return lambda *a, share_prompts=None, **k: completion_logprobs(*a, share_prompts=share, **k)
+    """The trainer's completion_logprobs with sharing forced off (reference) or required to be on (fast path)."""
+
+    def logprobs(*args, share_prompts: bool = True, **kwargs):
+        assert share_prompts or not share, "the trainer declined to share prompts on the fast path"
+        return completion_logprobs(*args, share_prompts=share, **kwargs)
+
+    return logprobs
 
 
 def _record_grads(trainer) -> list[dict[str, torch.Tensor]]:
     """The gradients each optimizer update sees, recorded just before it steps."""
     grads: list[dict[str, torch.Tensor]] = []
     named = list(trainer.policy.model.named_parameters())
-    opt = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps the torch optimizer
-    opt.register_step_pre_hook(
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps it
+    optimizer.register_step_pre_hook(
         lambda *_: grads.append({n: p.grad.clone() for n, p in named if p.grad is not None})
     )
     return grads
