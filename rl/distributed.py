@@ -174,13 +174,22 @@ class Dist:
 
     def reduce_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """Metrics of the whole step from every process's own: counts and throughput add up, maxima and wall
-        times take the max, everything else the mean (processes hold equal numbers of rows)."""
+        times take the max, everything else the mean (processes hold equal numbers of rows). Non-scalar values
+        (e.g. per-expert load lists) are kept when equal on all processes, else averaged element-wise."""
         if self.world_size == 1:
             return metrics
-        keys = list(metrics)
+        keys = [k for k, v in metrics.items() if isinstance(v, int | float)]
         t = torch.tensor([[float(metrics[k]) for k in keys]], dtype=torch.float64, device=self.device)
         all_NK = self.accelerator.gather(t).cpu()
-        return {k: _reduce(k, all_NK[:, i]) for i, k in enumerate(keys)}
+        out = dict(metrics)
+        out.update({k: _reduce(k, all_NK[:, i]) for i, k in enumerate(keys)})
+        others = [k for k in metrics if k not in set(keys)]
+        if others:
+            per_rank = self.gather_objects({k: metrics[k] for k in others})
+            for k in others:
+                vals = [m[k] for m in per_rank]
+                out[k] = vals[0] if all(v == vals[0] for v in vals) else torch.tensor(vals).mean(0).tolist()
+        return out
 
 
 def _reduce(key: str, v_N: torch.Tensor) -> float:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 PLOTS_DIR = "plots"
 UP, DOWN, FLAT = "#1a7f37", "#cf222e", "#57606a"  # colours of a title: better, worse, unchanged
 EXPERT_LOAD = "moe/expert_load"
+EXPERT_LOAD_LAYERS = "moe/expert_load_layers"  # the model's layer index of each row (rl/moe/control.py)
 
 
 def load_metrics(run_dir: str | Path) -> pd.DataFrame:
@@ -171,6 +172,12 @@ def _load_matrix(load: Sequence[Sequence[float]]) -> np.ndarray:
     return m
 
 
+def _layer_labels(df: pd.DataFrame, step, n_rows: int) -> list:
+    """Row labels of a heatmap: the model's layer indices when logged (``moe/expert_load_layers``), else 0..n-1."""
+    layers = df[EXPERT_LOAD_LAYERS].get(step) if EXPERT_LOAD_LAYERS in df else None
+    return list(layers) if isinstance(layers, list) and len(layers) == n_rows else list(range(n_rows))
+
+
 def expert_load_figure(df: pd.DataFrame) -> Figure:
     """Layer x expert heatmaps of ``moe/expert_load`` at the first and last logged step (1 = uniform share)."""
     series = df[EXPERT_LOAD].dropna()
@@ -192,7 +199,7 @@ def expert_load_figure(df: pd.DataFrame) -> Figure:
         ax.set_xlabel("expert")
         ax.set_ylabel("MoE layer")
         ax.set_xticks(range(m.shape[1]))
-        ax.set_yticks(range(m.shape[0]))
+        ax.set_yticks(range(m.shape[0]), _layer_labels(df, step, m.shape[0]))
         if m.size <= 256:
             for (r, c), v in np.ndenumerate(m):
                 if math.isfinite(v):

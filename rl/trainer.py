@@ -71,10 +71,10 @@ class GRPOTrainer:
     def __init__(self, cfg: RecipeConfig, run_dir: str | Path, *, resume: bool = False) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.training.torch_threads:
-            torch.set_num_threads(cfg.training.torch_threads)
         seed_everything(cfg.training.seed)
         accelerator = make_accelerator(cfg.training)
+        if cfg.training.torch_threads:  # after accelerate, which may set its own count for CPU processes
+            torch.set_num_threads(cfg.training.torch_threads)
         self.dist = Dist(accelerator)
         self.sizes = self.dist.local_sizes(cfg.algorithm, cfg.training)
         self.device = self.dist.device

@@ -23,7 +23,7 @@ import json
 import random
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rl.registry import Registry
@@ -48,7 +48,7 @@ class Example:
     question: str
     reasoning: str
     answer: str
-    columns: dict[str, Any] | None = None
+    columns: dict[str, Any] | None = field(default=None, hash=False)  # a dict: left out of the hash
     """Dataset columns the rewards read (JSON-able values); None = ``{"answer": answer}``."""
 
     @property

@@ -143,6 +143,7 @@ def fake_run_dir(tmp_path: Path) -> Path:
             "reward/acc/abstain_frac": 0.0, "kl": 0.01 * step, "clip_frac": 0.02, "entropy": 1.0 - 0.1 * step,
             "completion_len": 10.0 + step, "completion_len_max": 20, "truncated_frac": 0.25,
             "moe/expert_load": [[0.25, 0.25, 0.4, 0.1], [0.1 * step, 0.3, 0.3, 0.4 - 0.1 * step]],
+            "moe/expert_load_layers": [1, 3],  # the first layer is dense
         })  # fmt: skip
     (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
     return run

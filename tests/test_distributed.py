@@ -42,6 +42,8 @@ def test_local_sizes_split_the_global_batch():
          r"algorithm\.mini_batch_size: 4 does not split evenly over 8 processes"),
         (dict(num_generations=2, batch_size=16), dict(micro_batch_size=16), 2,
          r"training\.micro_batch_size: 16 must divide each process's share of the mini-batch \(16 / 2 processes = 8"),
+        (dict(num_generations=2, batch_size=16, dynamic_sampling=True), {}, 2,
+         r"algorithm\.dynamic_sampling: not supported with 2 processes yet"),
     ],
 )  # fmt: skip
 def test_local_sizes_errors_name_the_key_and_the_fix(algo, training, world, message):
@@ -111,6 +113,11 @@ def test_two_processes_match_one_process(tiny_random_model_dir, tmp_path):
 
     summary = json.loads((two / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 3
+    import rollouts  # the rollout file of a step holds both processes' groups, like the 1-process one
+
+    stored, stored_one = rollouts.load(two, steps=1), rollouts.load(one, steps=1)
+    assert len(stored) == len(stored_one) == 16
+    assert sorted(stored.completion) == sorted(stored_one.completion)
     # DDP keeps the processes identical, bit for bit
     w0, w1 = _weights(tmp_path / "dump-two", 0), _weights(tmp_path / "dump-two", 1)
     assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)

@@ -104,6 +104,16 @@ def test_reward_figure_titles_show_the_change(fake_run_dir):
     assert held_out and held_out[0].get_xydata().tolist() == [[0.0, 0.1], [3.0, 0.7]]
 
 
+def test_expert_load_heatmap_first_and_last_step_with_layer_indices(fake_run_dir):
+    from rl.plots import expert_load_figure, load_metrics
+
+    fig = expert_load_figure(load_metrics(fake_run_dir))
+    first, last = fig.axes[:2]
+    assert first.get_title().startswith("step 1: busiest expert 1.60x") and last.get_title().startswith("step 3:")
+    assert [t.get_text() for t in last.get_yticklabels()] == ["1", "3"]
+    assert np.allclose(last.images[0].get_array()[1], [0.3 / 0.25, 0.3 / 0.25, 0.3 / 0.25, 0.1 / 0.25])
+
+
 def test_expert_load_matrix_is_relative_to_uniform():
     m = _load_matrix([[1, 1, 2], [3], []])
     expected_row0 = [1 / (4 / 3), 1 / (4 / 3), 2 / (4 / 3)]  # load / mean load of the layer

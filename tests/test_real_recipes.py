@@ -40,6 +40,7 @@ def numina_rows(n: int) -> list[dict]:
 # recipe -> (tiny family standing in for its model, rows in its dataset's schema or None for a synthetic task)
 STAND_INS = {
     "r1_zero_tiny.yaml": ("deepseek_v3", None),
+    "code_tiny.yaml": ("deepseek_v3", None),  # synthetic pyfunc task, sandboxed code_accuracy reward
     "r1_zero_gsm8k_qwen_moe.yaml": ("qwen2_moe", gsm8k_rows),  # Qwen1.5-MoE: the qwen2_moe architecture
     "r1_zero_gsm8k_olmoe.yaml": ("olmoe", gsm8k_rows),
     "r1_zero_math_qwen_moe.yaml": ("qwen3_moe", math_rows),

@@ -1,7 +1,7 @@
 """Acceptance of the code recipe: from an empty cache, ``r1kit train recipes/code_tiny.yaml`` pre-trains the pyfunc
 base and GRPO with the sandboxed ``code_accuracy`` reward raises its held-out greedy pass rate by >= 0.20.
 
-Runtime on 2 CPU cores: pre-training ~3-4 min (4.3 CPU-min measured), RL ~4 min.
+Measured (2 shared cores, 1 torch thread): pre-training 1000 steps ~5.5 CPU-min, RL 135-280 s; 0.122 -> 0.871.
 """
 
 from __future__ import annotations
