@@ -25,6 +25,7 @@ What maps to what (everything not listed is off in both or equal by default)::
     model.finetune = full                   full fine-tuning (no peft_config)
     moe.router_aux_loss_coef = 0            router_aux_loss_coef = 0.0
     moe.telemetry = false                   (TRL logs no routing statistics)
+    logging.rollouts_every = 0              log_completions = False (neither stores the step's completions)
     training.lr, adam_betas, max_grad_norm  learning_rate, adam_beta1/2, max_grad_norm; constant schedule, no warmup
     rewards.rules (names + weights)         reward_funcs (the same r1kit objects) + reward_weights
     torch.set_num_threads(--threads)        the same, in its own process
@@ -124,6 +125,7 @@ def r1kit_recipe(a: argparse.Namespace, out_dir: str):
         "training.warmup_steps=0", "training.lr_schedule=constant", f"training.seed={a.seed}",
         f"training.torch_threads={a.threads}", "training.device=cpu",
         "moe.telemetry=false",  # TRL computes no routing telemetry (r1kit's router hooks also force padded forwards)
+        "logging.rollouts_every=0",  # TRL (log_completions=False) stores no completions
         "logging.progress=false", f"logging.output_dir={out_dir}",
     ])  # fmt: skip
 
