@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from rl.cli import main
+from rl.config import load_recipe
 from rl.plots import DOWN, FLAT, UP, _load_matrix, _trend, reward_figure, write_plots
 from rollouts.store import stored_steps
 from rollouts.view import describe, select
@@ -124,10 +125,12 @@ def test_expert_load_matrix_is_relative_to_uniform():
 @pytest.mark.slow
 def test_tiny_run_rollouts_and_plots(tiny_run_dir, capsys):
     assert (tiny_run_dir / "plots" / "reward.png").is_file()  # r1kit train plots at the end of a run
+    a = load_recipe(tiny_run_dir / "config.yaml").algorithm
     last = max(stored_steps(tiny_run_dir))
     assert main(["rollouts", str(tiny_run_dir), "--sort", "reward", "--limit", "4"]) == 0
     out = capsys.readouterr().out
-    assert f"step {last}: 64 completions in 8 groups" in out and "showing 4 of 64" in out and "math_accuracy" in out
+    assert f"step {last}: {a.batch_size} completions in {a.prompts_per_step} groups" in out
+    assert f"showing 4 of {a.batch_size}" in out and "math_accuracy" in out
     assert main(["rollouts", str(tiny_run_dir), "--all-steps", "--filter", "`reward/math_accuracy` == 0"]) == 0
     assert main(["plot", str(tiny_run_dir)]) == 0
     for name in ("reward", "completion_length", "clip_frac"):
