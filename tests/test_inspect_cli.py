@@ -48,6 +48,18 @@ def test_rollouts_missing_step_or_run(fake_run_dir, tmp_path, capsys):
     assert "no rollouts stored" in capsys.readouterr().err
 
 
+def test_groups_dropped_by_dynamic_sampling_are_marked(fake_step, capsys):
+    from rich.console import Console
+
+    from rollouts.store import rollout_table
+    from rollouts.view import rollouts_table
+
+    batch, scores, adv_B = fake_step(1, n_groups=2, G=2)
+    df = rollout_table(1, batch, scores, adv_B, extra={"kept": [True, True, False, False]}).to_pandas()
+    Console(width=200).print(rollouts_table(df))
+    assert capsys.readouterr().out.count("dropped") == 2
+
+
 def test_select_semantics():
     df = pd.DataFrame({"reward": [0.0, 1.0, None, 0.5], "advantage": [-1.0, 1.0, 0.0, 0.2],
                        "num_tokens": [3, 9, 5, 4], "reward/a": [0.0, 1.0, None, 0.5]})  # fmt: skip
