@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +22,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from rl.runlog import read_metrics
+from rl.runlog import atomic_write, read_metrics
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -253,16 +251,8 @@ def figures(run_dir: str | Path) -> tuple[dict[str, Figure], dict[str, str]]:
 
 
 def save_png(fig: Figure, path: Path) -> None:
-    """Atomic PNG write: a reader (or a crash) never sees half an image."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomic PNG write (``rl.runlog.atomic_write``): a reader, or a crash, never sees half an image."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
 def write_plots(run_dir: str | Path) -> PlotResult:

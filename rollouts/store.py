@@ -11,7 +11,9 @@ Columns (one row per completion):
     reward/<name>, reward_info/<name>                 each reward's value (null = abstained) and its info as JSON
     advantage, num_tokens, finish_reason, mean_logprob
     data/<column>                                     the dataset columns rewards read (e.g. data/answer)
-    <extra>                                           optional per-completion columns, e.g. MoE routing summaries
+    <extra>                                           per-completion columns the trainer adds: ``kept`` (False for
+                                                      groups DAPO dynamic sampling dropped: advantage 0, no update),
+                                                      MoE routing summaries where available
 
 Files are written atomically (temp file + fsync + rename), so a run killed mid-step leaves every earlier step
 readable and the loader never sees half a file. Open a run with ``rollouts.load(run_dir)`` (pandas) or

@@ -111,10 +111,19 @@ def rollouts_table(
         cells += [str(row["group_id"])]
         table.add_row(
             *cells, Text(row["prompt"]), completion, Text(_fmt(row["reward"]), style=_value_style(row["reward"])),
-            breakdown(row, names), Text(_fmt(row["advantage"]), style=_value_style(row["advantage"])),
+            breakdown(row, names), _advantage(row),
             str(row["num_tokens"]),
         )  # fmt: skip
     return table
+
+
+def _advantage(row: pd.Series) -> Text:
+    """The advantage, marked when dynamic sampling dropped the group (stored, but not trained on)."""
+    out = Text(_fmt(row["advantage"]), style=_value_style(row["advantage"]))
+    kept = row.get("kept")  # absent (no dynamic sampling) or NaN (a step stored before it existed): not dropped
+    if kept is not None and not kept:
+        out.append("\ndropped", style="dim italic")
+    return out
 
 
 def describe(df: pd.DataFrame) -> str:

@@ -9,6 +9,7 @@ reads a run directory.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -92,9 +93,11 @@ def tiny_recipe_run(tmp_path_factory, _fresh_r1kit_cache):
 
 
 @pytest.fixture(scope="session")
-def tiny_run_dir(tiny_recipe_run):
-    """The shared real run directory (the tiny recipe's), under the name the rollout-inspection tests use."""
-    return tiny_recipe_run
+def tiny_run_dir(request) -> Path:
+    """The real run directory the rollout-inspection tests read: the shared tiny-recipe run, or, to iterate on those
+    tests without training, an existing run named by ``$R1KIT_TEST_RUN`` (trained with TensorBoard on)."""
+    given = os.environ.get("R1KIT_TEST_RUN")
+    return Path(given) if given else request.getfixturevalue("tiny_recipe_run")
 
 
 def make_step(step: int, n_groups: int = 2, G: int = 4) -> tuple[RolloutBatch, RewardScores, torch.Tensor]:

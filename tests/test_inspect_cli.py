@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from rl.cli import main
+from rl.config import load_recipe
 from rl.plots import DOWN, FLAT, UP, _load_matrix, _trend, reward_figure, write_plots
 from rollouts.store import stored_steps
 from rollouts.view import describe, select
@@ -45,6 +46,18 @@ def test_rollouts_missing_step_or_run(fake_run_dir, tmp_path, capsys):
     assert "stored: 1-3" in capsys.readouterr().err
     assert main(["rollouts", str(tmp_path)]) == 2
     assert "no rollouts stored" in capsys.readouterr().err
+
+
+def test_groups_dropped_by_dynamic_sampling_are_marked(fake_step, capsys):
+    from rich.console import Console
+
+    from rollouts.store import rollout_table
+    from rollouts.view import rollouts_table
+
+    batch, scores, adv_B = fake_step(1, n_groups=2, G=2)
+    df = rollout_table(1, batch, scores, adv_B, extra={"kept": [True, True, False, False]}).to_pandas()
+    Console(width=200).print(rollouts_table(df))
+    assert capsys.readouterr().out.count("dropped") == 2
 
 
 def test_select_semantics():
@@ -124,10 +137,12 @@ def test_expert_load_matrix_is_relative_to_uniform():
 @pytest.mark.slow
 def test_tiny_run_rollouts_and_plots(tiny_run_dir, capsys):
     assert (tiny_run_dir / "plots" / "reward.png").is_file()  # r1kit train plots at the end of a run
+    a = load_recipe(tiny_run_dir / "config.yaml").algorithm
     last = max(stored_steps(tiny_run_dir))
     assert main(["rollouts", str(tiny_run_dir), "--sort", "reward", "--limit", "4"]) == 0
     out = capsys.readouterr().out
-    assert f"step {last}: 64 completions in 8 groups" in out and "showing 4 of 64" in out and "math_accuracy" in out
+    assert f"step {last}: {a.batch_size} completions in {a.prompts_per_step} groups" in out
+    assert f"showing 4 of {a.batch_size}" in out and "math_accuracy" in out
     assert main(["rollouts", str(tiny_run_dir), "--all-steps", "--filter", "`reward/math_accuracy` == 0"]) == 0
     assert main(["plot", str(tiny_run_dir)]) == 0
     for name in ("reward", "completion_length", "clip_frac"):
