@@ -143,6 +143,7 @@ def run_r1kit(a: argparse.Namespace) -> dict:
     stream = prompt_stream(a)
     assert [p.prompt_id for p in trainer.sampler.take(len(stream))] == [p.prompt_id for p in stream]
     trainer.sampler.position = 0
+    same_random_state(a.seed)
     steps = []
     for _ in range(a.steps):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -189,7 +190,9 @@ def run_trl(a: argparse.Namespace) -> dict:
         return reward
 
     class StepTimer(TrainerCallback):
-        def on_step_begin(self, *args, **kwargs):
+        def on_step_begin(self, args, state, *rest, **kwargs):
+            if state.global_step == 0:  # after the data loader drew its worker seed, before the first generate
+                same_random_state(a.seed)
             batch.clear()
             self.t0, self.c0 = time.perf_counter(), time.process_time()
 
@@ -216,6 +219,15 @@ def run_trl(a: argparse.Namespace) -> dict:
     peak = peak_rss_mb()
     ev = None if a.no_eval else evaluate_like_r1kit(a, model, tok)
     return {"steps": steps, "peak_rss_mb": peak, "eval_accuracy": ev}
+
+
+def same_random_state(seed: int) -> None:
+    """Both engines start their first step from this random state (setting up consumes random numbers differently
+    in each), so their first step samples the same completions and later steps diverge only through float rounding
+    in the updates: the reward comparison is paired, not two unrelated random streams."""
+    import torch
+
+    torch.manual_seed(seed)
 
 
 def evaluate_like_r1kit(a: argparse.Namespace, model, tokenizer) -> float:
