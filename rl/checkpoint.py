@@ -109,9 +109,16 @@ def list_checkpoints(root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _remove(path: Path) -> None:
+    """Rename out of sight first, then delete: a kill mid-delete must not leave a half-empty ``step-*`` visible."""
+    doomed = path.with_name(f".{path.name}.tmp-delete")
+    os.rename(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def prune(root: Path, keep: int) -> None:
     for p in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(p, ignore_errors=True)
+        _remove(p)
     for p in root.glob(".step-*.tmp-*"):  # leftovers of a write that was killed
         shutil.rmtree(p, ignore_errors=True)
 
