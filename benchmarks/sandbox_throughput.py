@@ -1,5 +1,6 @@
 """Sandbox throughput per tier: runs/s over the worker pool and per-run latency, for a trivial program (one
-stdio case) and a typical one (ten stdio cases, batched in one process). Prints JSON.
+stdio case) and a typical one (ten stdio cases, batched in one process), in Python and in C++ (where a run
+includes compiling the program with g++ -O2 in the sandbox). Prints JSON.
 
     python benchmarks/sandbox_throughput.py [--runs 200] [--tiers bwrap unshare process]
 
@@ -33,13 +34,22 @@ TYPICAL = (
         ]
     },
 )
+TRIVIAL_CPP = (
+    '#include <cstdio>\nint main() { char s[64]; if (std::scanf("%63s", s) == 1) std::puts(s); }\n',
+    TRIVIAL[1],
+)
+TYPICAL_CPP = (
+    "#include <iostream>\nint main() { long long x, sum = 0, mx = -1; while (std::cin >> x) { sum += x; "
+    "if (x > mx) mx = x; } std::cout << sum << ' ' << mx << '\\n'; }\n",
+    TYPICAL[1],
+)
 
 
-def latency_ms(program: str, tests: dict, tier: str, n: int) -> dict[str, float]:
+def latency_ms(program: str, tests: dict, tier: str, n: int, language: str = "python") -> dict[str, float]:
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
-        res = run(program, tests, backend=tier)
+        res = run(program, tests, backend=tier, language=language)
         times.append((time.perf_counter() - t0) * 1000)
         assert res.pass_fraction == 1.0, res
     times.sort()
@@ -50,9 +60,9 @@ def latency_ms(program: str, tests: dict, tier: str, n: int) -> dict[str, float]
     }
 
 
-def runs_per_s(program: str, tests: dict, tier: str, n: int) -> float:
+def runs_per_s(program: str, tests: dict, tier: str, n: int, language: str = "python") -> float:
     t0 = time.perf_counter()
-    results = run_many([program] * n, [tests] * n, backend=tier)
+    results = run_many([program] * n, [tests] * n, backend=tier, language=language)
     dt = time.perf_counter() - t0
     assert all(r.pass_fraction == 1.0 for r in results)
     return round(n / dt, 1)
@@ -84,6 +94,14 @@ def main() -> None:
             "trivial_latency_ms": latency_ms(*TRIVIAL, tier, max(args.runs // 4, 10)),
             "typical_latency_ms": latency_ms(*TYPICAL, tier, max(args.runs // 8, 10)),
         }
+        if sb.cxx is not None:  # each run compiles: far fewer runs
+            n = max(args.runs // 10, 4)
+            out["tiers"][tier] |= {
+                "cpp_trivial_runs_per_s": runs_per_s(*TRIVIAL_CPP, tier, n, "cpp"),
+                "cpp_typical_10case_runs_per_s": runs_per_s(*TYPICAL_CPP, tier, n, "cpp"),
+                "cpp_trivial_latency_ms": latency_ms(*TRIVIAL_CPP, tier, n, "cpp"),
+                "cpp_typical_latency_ms": latency_ms(*TYPICAL_CPP, tier, n, "cpp"),
+            }
     out["rlimits_only_trivial_latency_ms"] = bare  # no namespaces, no uid drop: the floor the tiers add to
     out["load_avg_1m_after"] = os.getloadavg()[0]
     print(json.dumps(out, indent=2))

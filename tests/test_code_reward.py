@@ -9,7 +9,7 @@ import os
 import pytest
 
 from rewards import REWARDS
-from rewards.code import extract_program, parse_tests, run
+from rewards.code import extract_code, extract_program, parse_tests, run
 from rewards.code.compare import exact_equal, stdout_matches
 
 pytestmark = [
@@ -109,6 +109,41 @@ def test_every_format_in_every_tier(tier):
     assert run("def add(a, b):\n    return a + b\n", fn_tests, backend=tier).backend == tier
     add_src = "def add(a, b):\n    return a + b\n"
     assert run(add_src, {"asserts": "assert add(1, 2) == 3"}, backend=tier).pass_fraction == 1.0
+    assert run(ADD_CPP, ADD_STDIO, backend=tier, language="cpp").pass_fraction == 1.0
+
+
+ADD_CPP = "#include <iostream>\nint main() { long long a, b; std::cin >> a >> b; std::cout << a + b << '\\n'; }\n"
+HALF_CPP = (
+    '#include <cstdio>\nint main() { int a, b; std::scanf("%d %d", &a, &b); '
+    'std::printf("%d\\n", a < 5 ? a + b : 0); }\n'
+)
+
+
+def test_cpp_stdio_correct_partial_and_outcomes():
+    assert run(ADD_CPP, ADD_STDIO, language="cpp").pass_fraction == 1.0
+    res = run(HALF_CPP, ADD_STDIO, language="cpp")
+    assert [o.status for o in res.outcomes] == ["passed", "failed", "passed", "failed"]
+    assert res.outcomes[1].stdout == "0\n"
+    # a compile error reaches every case with the compiler's message; a non-zero exit is an error even when the
+    # output is right; a crash or a timeout costs one case only (the harness runs each case as its own child)
+    bad = run("int main() { return x; }", ADD_STDIO, language="cpp")
+    assert bad.pass_fraction == 0.0 and "compile error" in bad.outcomes[0].error
+    assert "not declared" in bad.outcomes[0].stderr
+    rc = run('#include <cstdio>\nint main() { std::puts("3"); return 1; }', ADD_STDIO, language="cpp")
+    assert rc.outcomes[0].status == "error" and rc.outcomes[0].error == "exit status 1"
+    spin = (  # volatile: -O2 may delete a side-effect-free infinite loop
+        '#include <cstdio>\nint main() { int a, b; std::scanf("%d %d", &a, &b); volatile int on = 1; '
+        'while (a == 5 && on) {} std::printf("%d\\n", a + b); }\n'
+    )
+    res = run(spin, ADD_STDIO, language="cpp", timeout_s=1.0)
+    assert [o.status for o in res.outcomes] == ["passed", "timeout", "passed", "passed"]
+
+
+def test_cpp_needs_stdio_tests_and_a_known_language():
+    res = run(ADD_CPP, {"function": {"name": "add", "cases": [{"args": [1, 2], "expected": 3}]}}, language="cpp")
+    assert res.pass_fraction == 0.0 and "stdio tests only" in res.outcomes[0].error
+    with pytest.raises(ValueError, match="language: expected 'python' or 'cpp', got 'rust'"):
+        run(ADD_CPP, ADD_STDIO, language="rust")
 
 
 def test_rewards_registered_and_scored():
@@ -127,9 +162,23 @@ def test_rewards_registered_and_scored():
     assert REWARDS.get("code_all_pass")(["p"] * 3, completions, tests=tests) == [1.0, 0.0, 0.0]
 
 
+def test_reward_runs_cpp_blocks_by_fence_tag():
+    completions = [f"```cpp\n{ADD_CPP}```", f"```c++\n{HALF_CPP}```", f"```python\n{ADD_SRC}```", f"```\n{ADD_CPP}```"]
+    acc = REWARDS.get("code_accuracy")
+    # an untagged block is Python unless the recipe says otherwise
+    assert acc(["p"] * 4, completions, tests=[ADD_STDIO] * 4) == [1.0, 0.5, 1.0, 0.0]
+    assert acc(["p"], completions[3:], tests=[ADD_STDIO], language="cpp") == [1.0]
+    with pytest.raises(ValueError, match="language: expected 'auto', 'python' or 'cpp'"):
+        acc(["p"], completions[:1], tests=[ADD_STDIO], language="c")
+
+
 def test_extraction_rules():
     assert extract_program("```\nA\n```\ntext\n```py\nB\n```") == "B\n"
     assert extract_program("```cpp\nint main(){}\n```") == "int main(){}\n"
+    assert extract_code("```C++\nint main(){}\n```") == ("int main(){}\n", "cpp")
+    assert extract_code("```cpp\nA\n```\n```python\nB\n```") == ("B\n", "python")
+    assert extract_code("<answer>```cc\nint main(){}\n```</answer>") == ("int main(){}\n", "cpp")
+    assert extract_code("<answer>print(2)</answer>") == ("print(2)\n", "python")
     assert extract_program("<think>```python\nX\n```</think><answer>print(1)</answer>") == "X\n"
     assert extract_program("<answer>\nprint(2)\n</answer>") == "print(2)\n"
     assert extract_program("<answer></answer>") is None

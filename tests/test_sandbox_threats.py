@@ -249,6 +249,84 @@ def threat_programs(outside: Path, ports: list[int]) -> dict[str, tuple[str, dic
     }
 
 
+_CPP_HEAD = (
+    "#include <cstdio>\n#include <cstdlib>\n#include <cstring>\n#include <csignal>\n#include <unistd.h>\n"
+    "#include <fcntl.h>\n#include <dirent.h>\n#include <sys/socket.h>\n#include <netinet/in.h>\n"
+    "#include <arpa/inet.h>\n#include <sys/stat.h>\n#include <initializer_list>\n"
+)
+
+
+def cpp_threat_programs(outside: Path, ports: list[int]) -> dict[str, str]:
+    """The same threats written in C++ (compiled in the sandbox, then run as the harness's child), plus attacks
+    on the compiler itself. Every one answers S1 (input 1 -> 2) wrongly or never."""
+    o = str(outside)
+    connect = "".join(
+        f'{{ int s = socket({fam}, SOCK_STREAM, 0); if (s < 0) std::puts("blocked"); else {{ {addr} '
+        f'if (connect(s, (sockaddr*)&a, sizeof a) == 0) write(s, "hi", 2); }} }}\n'
+        for fam, addr in zip(
+            ["AF_INET", "AF_INET6"],
+            [
+                f"sockaddr_in a{{}}; a.sin_family = AF_INET; a.sin_port = htons({ports[0]}); "
+                'inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);',
+                f"sockaddr_in6 a{{}}; a.sin6_family = AF_INET6; a.sin6_port = htons({ports[-1]}); "
+                'inet_pton(AF_INET6, "::1", &a.sin6_addr);',
+            ],
+            strict=True,
+        )
+    )
+    spin = "volatile int on = 1; while (on) {}"
+    main = {
+        "infinite_loop": spin,
+        "signal_ignoring_loop": "for (int s : {SIGTERM, SIGINT, SIGHUP, SIGALRM, SIGXCPU}) signal(s, SIG_IGN); "
+        + spin,
+        "detached_child": 'if (fork() == 0) { setsid(); sleep(1000); } std::puts("0");',
+        "daemonised_double_fork": "if (fork() == 0) { setsid(); if (fork() == 0) { for (int i = 0; i < 1024; i++) "
+        "close(i); sleep(1000); } _exit(0); } return 0;",
+        "fork_bomb": "while (true) fork();",
+        "memory_bomb_one": "while (true) { char* p = (char*)malloc(1 << 24); if (p) memset(p, 1, 1 << 24); }",
+        "memory_bomb_many": "for (int i = 0; i < 12; i++) if (fork() == 0) { char* p = (char*)malloc(200 << 20); "
+        "if (p) memset(p, 1, 200 << 20); sleep(1000); } sleep(1000);",
+        "stdout_flood": "static char b[10000]; memset(b, 'x', sizeof b); while (true) fwrite(b, 1, sizeof b, stdout);",
+        "stderr_flood": "static char b[10000]; memset(b, 'x', sizeof b); while (true) fwrite(b, 1, sizeof b, stderr);",
+        "disk_one_huge_file": 'static char b[1 << 20]; FILE* f = fopen("big", "wb"); '
+        "while (f) fwrite(b, 1, sizeof b, f);",
+        "disk_many_files": 'static char b[1 << 20]; for (int i = 0;; i++) { char n[32]; snprintf(n, 32, "f%d", i); '
+        'FILE* f = fopen(n, "wb"); if (f) { fwrite(b, 1, sizeof b, f); fclose(f); } }',
+        "disk_dev_shm": "static char b[1 << 20]; for (int i = 0;; i++) { char n[64]; "
+        'snprintf(n, 64, "/dev/shm/r1kit-flood-%d", i); FILE* f = fopen(n, "wb"); if (f) { fwrite(b, 1, sizeof b, f); '
+        "fclose(f); } }",
+        "disk_tmp": 'FILE* f = fopen("/tmp/r1kit-flood", "wb"); if (f) fputs("x", f);',
+        "read_files": f'for (const char* n : {{"{o}/secret.txt", "{o}/public.txt", "{o}/tests.json", '
+        '"/etc/shadow", "/root/.bashrc"}) { FILE* f = fopen(n, "r"); char b[4096]; '
+        "if (f) { size_t k = fread(b, 1, sizeof b, f); fwrite(b, 1, k, stdout); } }",
+        "read_proc_environ": 'DIR* d = opendir("/proc"); while (dirent* e = d ? readdir(d) : nullptr) { char n[300]; '
+        'snprintf(n, 300, "/proc/%s/environ", e->d_name); int fd = open(n, O_RDONLY); char b[4096]; '
+        "if (fd >= 0) { ssize_t k = read(fd, b, sizeof b); if (k > 0) fwrite(b, 1, k, stdout); } }",
+        "loopback_connect": connect,
+        "kill_parent_and_others": f"for (int pid : {{(int)getppid(), {RUNNER_PID}, 1, -1}}) kill(pid, SIGKILL);",
+        "write_delete_outside": f'FILE* f = fopen("{o}/pwned", "w"); if (f) fputs("x", f); '
+        f'unlink("{o}/sentinel"); f = fopen("{o}/sentinel", "w"); if (f) fputs("pwned", f); chmod("{o}", 0);',
+        "symlink_escape": f'symlink("{o}", "esc"); symlink("{o}/sentinel", "victim"); '
+        'FILE* f = fopen("esc/pwned", "w"); if (f) fputs("x", f); f = fopen("victim", "w"); '
+        'if (f) fputs("pwned", f);',
+        "exit_zero_without_output": "return 0;",
+        "forge_result_frames": "for (int fd = 3; fd < 64; fd++) "
+        'write(fd, "R1K 00000000000000000000000000000000 0 2\\n{}", 41);',
+        "tamper_with_next_case": 'unlink("prog"); symlink("/bin/true", "prog"); FILE* f = fopen("out.txt", "w"); '
+        'if (f) fputs("2\\n", f); return 1;',
+    }
+    programs = {name: _CPP_HEAD + "int main() { " + body + " }\n" for name, body in main.items()}
+    # the compiler is attacked too: it runs under the same confinement and its messages come back to us
+    programs["include_secret"] = f'#include "{o}/secret.txt"\nint main() {{}}\n'
+    programs["include_public_file"] = f'#include "{o}/public.txt"\nint main() {{}}\n'
+    programs["include_proc_environ"] = '#include "/proc/self/environ"\nint main() {}\n'
+    programs["include_dev_zero"] = '#include "/dev/zero"\nint main() {}\n'
+    return programs
+
+
+CPP_THREATS = list(cpp_threat_programs(Path("/x"), [0, 0]))
+
+
 def _available(tier: str) -> str | None:
     return get_sandbox().probe(TIERS.get(tier))
 
@@ -284,6 +362,30 @@ def test_threat_is_contained(threat, tier, outside, listeners):
     assert run("def f(x):\n    return x + 1\n", F1, backend=tier).pass_fraction == 1.0
 
 
+@pytest.mark.parametrize("threat", CPP_THREATS)
+def test_cpp_threat_is_contained(threat, tier, outside, listeners):
+    ports = [s.getsockname()[1] for s in listeners]
+    program = cpp_threat_programs(outside, ports)[threat]
+    before = _snapshot(outside)
+    shm_before, tmp_before = set(_slot_files("/dev/shm")), set(_slot_files("/tmp"))
+    # two cases, so that anything a program leaves for the next case is exercised
+    tests = {"stdio": S1["stdio"] * 2}
+    res = run(program, tests, backend=tier, language="cpp", timeout_s=LIMITS.timeout_s, limits=LIMITS)
+
+    assert res.pass_fraction == 0.0, res
+    if not threat.startswith("include_"):  # the attack itself ran: a compile error would make this test vacuous
+        assert not any("compile" in o.error for o in res.outcomes), res.outcomes[0]
+    assert res.backend == tier
+    for slot in get_sandbox().slots:
+        assert uid_pids(slot.uid) == [], f"processes of slot uid {slot.uid} survived"
+    assert _snapshot(outside) == before, "something outside the work dir changed"
+    assert set(_slot_files("/dev/shm")) == shm_before and set(_slot_files("/tmp")) == tmp_before
+    assert _accepted(listeners) == 0, "a sandboxed program reached a loopback listener"
+    assert SECRET not in json.dumps([o.__dict__ for o in res.outcomes]), "a secret leaked into the outcomes"
+    ok = '#include <cstdio>\nint main() { int x; std::scanf("%d", &x); std::printf("%d\\n", x + 1); }\n'
+    assert run(ok, S1, backend=tier, language="cpp").pass_fraction == 1.0
+
+
 def test_strongest_tier_chosen_and_logged():
     sb = get_sandbox()
     order = ["bwrap", "unshare", "process"]
@@ -303,3 +405,14 @@ def test_weak_tier_needs_opt_in():
         assert sb.run_cases("print(int(input()) + 1)", parse_tests(S1).cases).pass_fraction == 1.0
     finally:
         sb.close()
+
+
+def test_work_dir_reset_between_runs(tier):
+    """A program that chmod-s or fills its work dir must not break the next run in that slot (the namespace
+    tiers' work dir is the slot's own folder, not a fresh mount)."""
+    slots = len(get_sandbox().slots)
+    for _ in range(slots):  # slots are handed out in turn: every one gets a hostile run
+        run("import os\nopen('junk', 'w').write('x')\nos.chmod('.', 0)\n", S1, backend=tier)
+    ok = '#include <cstdio>\nint main() { int x; std::scanf("%d", &x); std::printf("%d\\n", x + 1); }\n'
+    for _ in range(slots):
+        assert run(ok, S1, backend=tier, language="cpp").pass_fraction == 1.0

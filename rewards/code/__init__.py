@@ -1,7 +1,8 @@
 """Code execution rewards: untrusted, model-written programs judged locally in a layered sandbox.
 
-* ``cases``    test formats (stdio / function / asserts) and program extraction
-* ``harness``  runs inside the sandbox: confines itself, runs the program, reports raw values on a framed pipe
+* ``cases``    test formats (stdio / function / asserts) and program extraction (Python, or C++ by fence tag)
+* ``harness``  runs inside the sandbox: confines itself, runs the program (C++: compiles it with g++, then runs
+               it as a child per case), reports raw values on a framed pipe
 * ``confine``  rlimits, Landlock and seccomp via raw syscalls (used by the harness)
 * ``tiers``    bwrap > unshare > process > rlimits (opt-in); chosen at start-up by trying each for real
 * ``runner``   slot pool (one uid, tmpfs and cgroup per slot), the guarded run, verdicts in the parent
@@ -14,7 +15,7 @@ harness reports are compared, here, by plain type-exact equality.
 from __future__ import annotations
 
 from rewards.code.api import get_sandbox, run, run_many
-from rewards.code.cases import Case, TestSpec, extract_program, parse_tests
+from rewards.code.cases import Case, TestSpec, extract_code, extract_program, parse_tests
 from rewards.code.reward import code_accuracy, code_all_pass
 from rewards.code.runner import CodeResult, Limits, Outcome, Sandbox, SandboxUnavailableError
 
@@ -28,6 +29,7 @@ __all__ = [
     "Sandbox",
     "SandboxUnavailableError",
     "TestSpec",
+    "extract_code",
     "extract_program",
     "get_sandbox",
     "parse_tests",

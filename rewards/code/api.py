@@ -8,7 +8,7 @@ import os
 import threading
 from typing import Any
 
-from rewards.code.cases import Case, extract_program, parse_tests
+from rewards.code.cases import Case, extract_code, parse_tests
 from rewards.code.runner import CodeResult, Limits, Outcome, Sandbox
 from rewards.code.tiers import TIERS
 
@@ -49,8 +49,13 @@ def run(
     float_tol: float | None = None,
     allow_forgeable: bool = False,
     limits: Limits | None = None,
+    language: str = "python",
 ) -> CodeResult:
-    """Run ``program`` (Python source) against ``tests`` (a test dict or its JSON string) in the sandbox.
+    """Run ``program`` against ``tests`` (a test dict or its JSON string) in the sandbox.
+
+    ``language``: ``python`` (every test format) or ``cpp`` (compiled with ``g++ -std=c++17 -O2`` inside the
+    sandbox, then judged on ``stdio`` tests; other formats give ``error`` outcomes). A compile error is an
+    ``error`` outcome per case carrying the compiler's message.
 
     ``timeout_s`` (per case) and ``memory_mb`` (per process) override the same fields of ``limits`` (default: the
     pool's ``Limits()``: 3 s, 512 MB). ``backend`` forces a tier (``bwrap``, ``unshare``, ``process``,
@@ -65,7 +70,9 @@ def run(
     tier = TIERS.get(backend) if backend is not None else None
     if not cases:
         return CodeResult(0.0, (tier or sandbox.tier).name, [Outcome("skipped")] * skipped)
-    res = sandbox.run_cases(program, cases, tier=tier, limits=limits, stop_on_fail=stop_on_fail, float_tol=float_tol)
+    res = sandbox.run_cases(
+        program, cases, tier=tier, limits=limits, stop_on_fail=stop_on_fail, float_tol=float_tol, language=language
+    )
     if skipped:  # unconverted asserts are reported but not counted
         res = dataclasses.replace(
             res, outcomes=res.outcomes + [Outcome("skipped", error="forgeable assert")] * skipped
@@ -73,14 +80,31 @@ def run(
     return res
 
 
-def run_many(programs: list[str], tests: list[Any], *, extract: bool = False, **kw: Any) -> list[CodeResult | None]:
-    """``run`` over a batch in parallel (one worker thread per slot). With ``extract=True`` the items are
-    completions and the program is extracted first; ``None`` marks a completion without one."""
+def run_many(
+    programs: list[str | None],
+    tests: list[Any],
+    *,
+    extract: bool = False,
+    languages: list[str] | None = None,
+    **kw: Any,
+) -> list[CodeResult | None]:
+    """``run`` over a batch in parallel (one worker thread per slot); ``None`` programs give ``None``. With
+    ``extract=True`` the items are completions: the program and its language come from each completion's code
+    block (``extract_code``). ``languages`` gives one language per program otherwise (default: ``language``
+    from ``kw``, else Python)."""
     sandbox = get_sandbox()
     if len(programs) != len(tests):
         raise ValueError(f"run_many: {len(programs)} programs but {len(tests)} test specs")
-    srcs = [extract_program(p) if extract else p for p in programs]
+    if languages is not None and len(languages) != len(programs):
+        raise ValueError(f"run_many: {len(programs)} programs but {len(languages)} languages")
+    default = kw.pop("language", "python")
+    if extract:
+        found = [None if p is None else extract_code(p) for p in programs]
+        programs = [None if f is None else f[0] for f in found]
+        languages = [default if f is None else f[1] for f in found]
+    langs = languages or [default] * len(programs)
     futures = [
-        sandbox.pool.submit(run, s, t, **kw) if s is not None else None for s, t in zip(srcs, tests, strict=True)
+        None if s is None else sandbox.pool.submit(run, s, t, language=lang, **kw)
+        for s, t, lang in zip(programs, tests, langs, strict=True)
     ]
     return [f.result() if f is not None else None for f in futures]

@@ -57,15 +57,39 @@ class TestSpec:
     """Assert lines that are not plain ``f(literals) == literal`` (run only with ``allow_forgeable``)."""
 
 
+# Fence tags that mark C++; every other tag (or none) is taken as Python, the default language of the tasks.
+CPP_TAGS = frozenset({"cpp", "c++", "cxx", "cc"})
+
+
 def extract_program(completion: str) -> str | None:
     """The last fenced code block (any language tag), else the ``<answer>`` content, else ``None``."""
+    found = extract_code(completion)
+    return None if found is None else found[0]
+
+
+def extract_code(completion: str) -> tuple[str, str] | None:
+    """``(source, language)`` of the program ``extract_program`` finds; ``language`` is ``cpp`` for a block
+    tagged cpp/c++/cxx/cc, else ``python``.
+
+    >>> extract_code("<think>...</think>```cpp\\nint main(){}\\n```")
+    ('int main(){}\\n', 'cpp')
+    >>> extract_code("<answer>```python\\nprint(1)\\n```</answer>")
+    ('print(1)\\n', 'python')
+    """
     blocks = _FENCE.findall(completion)
     if blocks:
-        return blocks[-1][1]
+        tag, src = blocks[-1]
+        return src, _language(tag)
     m = _ANSWER.findall(completion)
     if m and m[-1].strip():
-        return _FENCE.sub(lambda b: b.group(2), m[-1]).strip() + "\n"
+        inner = _FENCE.findall(m[-1])
+        src = _FENCE.sub(lambda b: b.group(2), m[-1]).strip() + "\n"
+        return src, _language(inner[-1][0] if inner else "")
     return None
+
+
+def _language(tag: str) -> str:
+    return "cpp" if tag.lower() in CPP_TAGS else "python"
 
 
 def parse_tests(tests: dict | str) -> TestSpec:

@@ -156,6 +156,111 @@ def _call(case: dict, glb: dict, out_limit: int) -> dict:
         return _error(e)
 
 
+# -- compiled programs (C++) ---------------------------------------------------------------------------------
+# The program runs as a child of this harness, with every confinement above inherited (rlimits are lowered
+# further for it), so a crash, a timeout or a flood costs one case and the harness reports it itself.
+
+
+def _wait(proc, timeout_s: float) -> bool:
+    """Whether ``proc`` exited within ``timeout_s`` (pidfd: no polling)."""
+    import select
+
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        return bool(select.select([pidfd], [], [], timeout_s)[0])
+    finally:
+        os.close(pidfd)
+
+
+def _sweep(proc) -> None:
+    """Kill ``proc``'s group and every other process this harness could have left (a program may ``setsid``),
+    then reap. As the slot uid (every tier but the opt-in rlimits one) ``kill(-1)`` reaches exactly the
+    slot's processes: its namespace in bwrap/unshare (where the harness is pid 1), its own uid otherwise."""
+    for target in (-proc.pid, -1) if os.getuid() != 0 else (-proc.pid,):
+        try:
+            os.kill(target, signal.SIGKILL)
+        except OSError:
+            pass
+    proc.wait()
+    while True:  # orphans of the program are re-parented to us where we are the namespace's init
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                break
+        except ChildProcessError:
+            break
+
+
+def _head(path: str, limit: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(limit)
+
+
+def _spawn(argv: list[str], stdin_path: str, limits: dict | None):
+    import subprocess
+
+    def lower_limits() -> None:  # in the child, before exec: only ever lowers the inherited limits
+        if limits:
+            confine.set_rlimits(limits)
+
+    with open(stdin_path, "rb") as fin, open("out.txt", "wb") as fout, open("err.txt", "wb") as ferr:
+        return subprocess.Popen(
+            argv, stdin=fin, stdout=fout, stderr=ferr, start_new_session=True, close_fds=True,
+            preexec_fn=lower_limits,
+        )  # fmt: skip
+
+
+def compile_cpp(cfg: dict) -> dict:
+    """``g++`` the program into ``./prog``; ``{"status": "ok"}`` or a compile error with the compiler's output."""
+    with open("prog.cpp", "w", encoding="utf-8") as f:
+        f.write(cfg["program"])
+    with open("in.txt", "wb"):
+        pass
+    proc = _spawn([cfg["cxx"], *cfg["cxx_flags"], "-o", "prog", "prog.cpp"], "in.txt", None)
+    done = _wait(proc, cfg["compile_timeout_s"])
+    _sweep(proc)
+    err = _head("err.txt", 2000).decode("utf-8", "replace")
+    if not done:
+        return {"status": "error", "error": "compile timeout", "stderr": err}
+    if proc.returncode != 0 or not os.path.exists("prog"):
+        return {"status": "error", "error": f"compile error (exit status {proc.returncode})", "stderr": err}
+    return {"status": "ok"}
+
+
+def run_binary(case: dict, cfg: dict) -> dict:
+    """One stdio case of the compiled program: input from a file, stdout/stderr to files (each capped by the
+    inherited RLIMIT_FSIZE; stdout over the output limit is a flood), wall timeout enforced here."""
+    with open("in.txt", "wb") as f:
+        f.write(case["input"].encode())
+    limit = cfg["output_limit"]
+    proc = _spawn(["./prog"], "in.txt", cfg["run_rlimits"])
+    done = _wait(proc, cfg["timeout_s"])
+    _sweep(proc)
+    out, err = _head("out.txt", limit + 1), _head("err.txt", 1000).decode("utf-8", "replace")
+    for name in ("in.txt", "out.txt", "err.txt"):
+        os.unlink(name)
+    rc = proc.returncode
+    if not done:
+        return {"status": "timeout", "error": "wall-clock timeout", "stderr": err}
+    if len(out) > limit:
+        return {"status": "error", "error": f"OutputLimit: output over {limit} bytes", "stderr": err}
+    if rc == -signal.SIGXFSZ:
+        return {"status": "error", "error": "file size limit exceeded", "stderr": err}
+    if rc == -signal.SIGXCPU:
+        return {"status": "timeout", "error": "CPU time limit", "stderr": err}
+    if rc != 0:
+        memory = "bad_alloc" in err  # operator new failing under the address-space limit
+        what = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
+        return {"status": _STATUS_MEMORY if memory else "error", "error": what, "stderr": err}
+    return {"status": "ok", "stdout": out.decode("utf-8", "replace"), "stderr": err}
+
+
+def run_cpp(cfg: dict, rep: Reporter) -> None:
+    built = compile_cpp(cfg)
+    rep.send(-2, {"compiled": built["status"] == "ok"})  # the parent's deadline switches to per-case time
+    for i, case in enumerate(cfg["cases"]):
+        rep.send(i, built if built["status"] != "ok" else run_binary(case, cfg))
+
+
 def main() -> None:
     cfg = marshal.loads(sys.stdin.buffer.read())
     devnull = os.open("/dev/null", os.O_RDWR)
@@ -173,6 +278,9 @@ def main() -> None:
     confine.set_rlimits(cfg["rlimits"])
     rep = Reporter(cfg["result_fd"], cfg["nonce"])
     rep.send(-1, report)
+    if cfg.get("language") == "cpp":
+        run_cpp(cfg, rep)
+        os._exit(0)
     try:
         run_cases(cfg, rep)
     except SyntaxError as e:

@@ -8,21 +8,26 @@ from typing import Any
 
 from rewards.base import Scored, register_reward
 from rewards.code.api import get_sandbox, run_many
-from rewards.code.cases import extract_program
+from rewards.code.cases import extract_code
 from rewards.code.runner import CodeResult
 
 
-def run_unique(programs: Sequence[str | None], tests: Sequence[Any], **kw: Any) -> list[CodeResult | None]:
-    """``run_many`` over the distinct (program, tests) pairs only, fanned back out in order; ``None`` programs
-    give ``None``. A GRPO group often repeats a completion (more so as the policy sharpens), and each run costs
-    a sandbox start (~20-70 ms). A program that is not deterministic gets one verdict for all its copies.
+def run_unique(
+    programs: Sequence[str | None], tests: Sequence[Any], languages: Sequence[str] | None = None, **kw: Any
+) -> list[CodeResult | None]:
+    """``run_many`` over the distinct (program, language, tests) triples only, fanned back out in order; ``None``
+    programs give ``None``. A GRPO group often repeats a completion (more so as the policy sharpens), and each
+    run costs a sandbox start (~20-70 ms; a C++ compile far more). A program that is not deterministic gets one
+    verdict for all its copies.
     """
+    langs = list(languages) if languages is not None else ["python"] * len(programs)
     keys = [
-        None if p is None else (p, t if isinstance(t, str) else json.dumps(t, sort_keys=True))
-        for p, t in zip(programs, tests, strict=True)
+        None if p is None else (p, lang, t if isinstance(t, str) else json.dumps(t, sort_keys=True))
+        for p, t, lang in zip(programs, tests, langs, strict=True)
     ]
     unique = list(dict.fromkeys(k for k in keys if k is not None))
-    results = dict(zip(unique, run_many([k[0] for k in unique], [k[1] for k in unique], **kw), strict=True))
+    out = run_many([k[0] for k in unique], [k[2] for k in unique], languages=[k[1] for k in unique], **kw)
+    results = dict(zip(unique, out, strict=True))
     return [None if k is None else results[k] for k in keys]
 
 
@@ -36,12 +41,17 @@ def _score(
     memory_mb: int,
     float_tol: float | None,
     allow_forgeable: bool,
+    language: str,
 ) -> list[Scored]:
     if no_program not in ("zero", "abstain"):
         raise ValueError(f"no_program: expected 'zero' or 'abstain', got {no_program!r}")
+    if language not in ("auto", "python", "cpp"):
+        raise ValueError(f"language: expected 'auto', 'python' or 'cpp', got {language!r}")
+    found = [extract_code(c) for c in completions]
     results = run_unique(
-        [extract_program(c) for c in completions],
+        [None if f is None else f[0] for f in found],
         list(tests),
+        [language if language != "auto" or f is None else f[1] for f in found],
         stop_on_fail=all_pass,
         timeout_s=timeout_s,
         memory_mb=memory_mb,
@@ -80,9 +90,13 @@ def code_accuracy(
     memory_mb: int = 512,
     float_tol: float | None = None,
     allow_forgeable: bool = False,
+    language: str = "auto",
     **kwargs: Any,
 ) -> list[Scored]:
-    """Fraction of test cases passed by the last code block of each completion (see ``rewards.code``)."""
+    """Fraction of test cases passed by the last code block of each completion (see ``rewards.code``).
+
+    ``language``: ``auto`` runs a block tagged cpp/c++/cxx/cc as C++ (stdio tests only) and anything else as
+    Python; ``python`` or ``cpp`` forces one."""
     return _score(
         completions,
         tests,
@@ -92,6 +106,7 @@ def code_accuracy(
         memory_mb=memory_mb,
         float_tol=float_tol,
         allow_forgeable=allow_forgeable,
+        language=language,
     )
 
 
@@ -106,6 +121,7 @@ def code_all_pass(
     memory_mb: int = 512,
     float_tol: float | None = None,
     allow_forgeable: bool = False,
+    language: str = "auto",
     **kwargs: Any,
 ) -> list[Scored]:
     """1.0 when every test case passes, else 0.0; stops a program at its first failing case."""
@@ -118,4 +134,5 @@ def code_all_pass(
         memory_mb=memory_mb,
         float_tol=float_tol,
         allow_forgeable=allow_forgeable,
+        language=language,
     )

@@ -57,17 +57,31 @@ class Limits:
     nofile: int = 64
     output_kb: int = 256
     """Captured stdout per case; more is an error, not a truncation that could still compare equal."""
+    compile_timeout_s: float = 20.0
+    """C++ only: wall time for ``g++``."""
+    compile_memory_mb: int = 2048
+    """C++ only: address space per compiler process (``cc1plus`` maps far more than it touches); the program
+    itself then runs under ``memory_mb``."""
 
-    def rlimits(self, n_cases: int) -> dict[str, int]:
+    def rlimits(self, n_cases: int, language: str = "python") -> dict[str, int]:
+        """The harness's limits, inherited by everything it starts. For C++ they must admit the compiler; the
+        harness lowers them to ``run_rlimits`` for the program."""
         cpu = int(self.timeout_s * max(n_cases, 1)) + 2
+        memory = self.memory_mb
+        if language == "cpp":
+            cpu, memory = max(cpu, int(self.compile_timeout_s) + 2), max(memory, self.compile_memory_mb)
         return {
-            "AS": self.memory_mb << 20,
+            "AS": memory << 20,
             "NPROC": self.nproc,
             "FSIZE": self.file_mb << 20,
             "NOFILE": self.nofile,
             "CORE": 0,
             "CPU": cpu,
         }
+
+    def run_rlimits(self) -> dict[str, int]:
+        """A compiled program's own limits (one case per process)."""
+        return {"AS": self.memory_mb << 20, "CPU": int(self.timeout_s) + 1}
 
 
 @dataclass(frozen=True)
@@ -108,7 +122,7 @@ def judge(case: Case, payload: dict, float_tol: float | None) -> Outcome:
         "stderr": str(payload.get("stderr", ""))[:_TEXT_LIMIT],
     }
     if status != "ok":
-        kind = "memory" if status == "memory" else "error"
+        kind = status if status in ("memory", "timeout") else "error"
         return Outcome(kind, error=str(payload.get("error", ""))[:_TEXT_LIMIT], **text)
     if case.kind == "stdio":
         ok = isinstance(payload.get("stdout"), str) and stdout_matches(payload["stdout"], case.expected, float_tol)
@@ -165,6 +179,7 @@ class Sandbox:
     ) -> None:
         self.limits = limits or Limits()
         self.python = sandbox_python()
+        self.cxx = shutil.which("g++")
         self.setpriv = shutil.which("setpriv") if os.geteuid() == 0 else None
         self.landlock_abi = confine.landlock_abi()
         self._root = Path(tempfile.mkdtemp(prefix="r1kit-sandbox-"))
@@ -271,6 +286,24 @@ class Sandbox:
                 self._probed[tier.name] = why
             return self._probed[tier.name]
 
+    def probe_cpp(self, tier: Tier) -> str | None:
+        """Compile and run a C++ program through ``tier``; None when the toolchain works there (cached). A
+        toolchain broken by the sandbox must fail loudly, not score every program 0 as a compile error."""
+        key = f"{tier.name}+cpp"
+        with self._lock:
+            if key not in self._probed:
+                why = None if self.cxx else "`g++` not installed (apt-get install -y g++)"
+                if why is None:
+                    src = (
+                        '#include <cstdio>\nint main(){int a,b;std::scanf("%d %d",&a,&b);std::printf("%d\\n",a+b);}\n'
+                    )
+                    res = self.run_cases(
+                        src, [Case("stdio", input="1 2\n", expected="3\n")], tier=tier, language="cpp", probing=True
+                    )
+                    why = None if res.pass_fraction == 1.0 else f"probe C++ program did not pass: {res.outcomes}"
+                self._probed[key] = why
+            return self._probed[key]
+
     def close(self) -> None:
         self.pool.shutdown(wait=True)
         for s in self.slots:
@@ -293,20 +326,31 @@ class Sandbox:
         limits: Limits | None = None,
         stop_on_fail: bool = False,
         float_tol: float | None = None,
+        language: str = "python",
         probing: bool = False,
     ) -> CodeResult:
-        """Judge ``program`` on ``cases`` in one slot. Cases run batched in one process; after a crash or a
-        timeout the remaining cases continue in a fresh process, so one bad case costs only itself."""
+        """Judge ``program`` (``language``: ``python`` or ``cpp``) on ``cases`` in one slot. Cases run batched in
+        one process; after a crash or a timeout the remaining cases continue in a fresh process, so one bad case
+        costs only itself. C++ programs are compiled once per process and judged on stdio cases only."""
         tier = tier or self.tier
+        if language not in ("python", "cpp"):
+            raise ValueError(f"language: expected 'python' or 'cpp', got {language!r}")
         if not probing and tier is not self.tier:
             self._require(tier)
+        if language == "cpp" and not probing:
+            why = self.probe_cpp(tier)
+            if why is not None:
+                raise SandboxUnavailableError(f"C++ programs cannot run in sandbox tier {tier.name}: {why}")
+            if any(c.kind != "stdio" for c in cases):
+                err = "C++ programs are judged on stdio tests only (function/asserts tests need a Python program)"
+                return CodeResult(0.0, tier.name, [Outcome("error", error=err)] * len(cases))
         limits = limits or self.limits
         slot = self._free.get()
         try:
             outcomes: list[Outcome] = []
             while len(outcomes) < len(cases):
                 outcomes += self._one_process(
-                    slot, tier, limits, program, cases, len(outcomes), stop_on_fail, float_tol
+                    slot, tier, limits, program, cases, len(outcomes), stop_on_fail, float_tol, language
                 )
                 if stop_on_fail and outcomes and outcomes[-1].status != "passed":
                     outcomes += [Outcome("skipped")] * (len(cases) - len(outcomes))
@@ -330,6 +374,7 @@ class Sandbox:
         start: int,
         stop_on_fail: bool,
         float_tol: float | None,
+        language: str = "python",
     ) -> list[Outcome]:
         todo = cases[start:]
         cg_files = slot.cgroup.procs_files if slot.cgroup is not None and tier.name != "rlimits" else []
@@ -345,7 +390,13 @@ class Sandbox:
             "cases": [c.to_sandbox() for c in todo],
             "output_limit": limits.output_kb << 10,
             "cgroup_procs": launch.cgroup_view,
-            "rlimits": limits.rlimits(len(todo)),
+            "rlimits": limits.rlimits(len(todo), language),
+            "language": language,
+            "cxx": self.cxx,
+            "cxx_flags": ["-std=c++17", "-O2", "-pipe"],
+            "compile_timeout_s": limits.compile_timeout_s,
+            "timeout_s": limits.timeout_s,
+            "run_rlimits": limits.run_rlimits(),
             "seccomp": True,
             "landlock": {"ro": launch.landlock_ro, "rw": launch.landlock_rw} if self.landlock_abi else None,
         }
@@ -403,6 +454,10 @@ class Sandbox:
         got: list[Outcome] = []
         ready = False
         deadline = time.monotonic() + 10.0 + limits.timeout_s  # start-up is trusted code; be generous under load
+        # Python: the program runs inside the harness, so the per-case deadline is ours to enforce. C++: the
+        # harness times each case itself (and reports it); our deadline only catches a harness that hangs.
+        compiled = cfg["language"] != "cpp"
+        per_case = limits.timeout_s if compiled else limits.timeout_s + 2.0
         ended = "timeout"
         try:
             while len(got) < len(todo):
@@ -436,13 +491,17 @@ class Sandbox:
                         if index == -1 and not ready:
                             self._check_ready(payload)
                             ready = True
-                        elif ready and index == len(got):
+                            deadline = time.monotonic() + (per_case if compiled else limits.compile_timeout_s + 5)
+                            continue
+                        if index == -2 and ready and not compiled:
+                            compiled = True
+                        elif ready and compiled and index == len(got) < len(todo):
                             got.append(judge(todo[index], payload, float_tol))
                             if stop_on_fail and got[-1].status != "passed":
                                 return got, ended, err
                         else:
                             return got, "protocol violation: frame out of order", err
-                        deadline = time.monotonic() + limits.timeout_s
+                        deadline = time.monotonic() + per_case
                 if ended != "timeout" and not sel.select(0):
                     break
         finally:
@@ -502,6 +561,9 @@ class Sandbox:
             proc.wait()
             proc.stderr.close()
         remove_tree_contents(slot.workdir)
+        if os.geteuid() == 0:  # a program may have chmod-ed its work dir (the namespace tiers' is the slot's own)
+            os.chmod(slot.workdir, 0o700)
+            os.chown(slot.workdir, slot.uid, slot.uid)
 
 
 def _wait_exit(proc: subprocess.Popen, timeout_s: float) -> bool:
