@@ -4,7 +4,7 @@ No sandbox needed: ``run_many`` is replaced by a recorder."""
 from __future__ import annotations
 
 from rewards.code import reward
-from rewards.code.runner import CodeResult, Outcome
+from rewards.code.protocol import CodeResult, Outcome
 
 
 def test_duplicates_run_once_and_keep_batch_order(monkeypatch):

@@ -5,7 +5,8 @@
                it as a child per case), reports raw values on a framed pipe
 * ``confine``  rlimits, Landlock and seccomp via raw syscalls (used by the harness)
 * ``tiers``    bwrap > unshare > process > rlimits (opt-in); chosen at start-up by trying each for real
-* ``runner``   slot pool (one uid, tmpfs and cgroup per slot), the guarded run, verdicts in the parent
+* ``protocol`` limits, the framed result channel and the verdicts (judged here, in the parent)
+* ``runner``   slot pool (one uid, tmpfs and cgroup per slot), the guarded run
 * ``reward``   ``code_accuracy`` and ``code_all_pass``
 
 Grading protocol: expected values never enter the sandbox, exit status is never a pass, and only the values the
@@ -16,8 +17,9 @@ from __future__ import annotations
 
 from rewards.code.api import get_sandbox, run, run_many
 from rewards.code.cases import Case, TestSpec, extract_code, extract_program, parse_tests
+from rewards.code.protocol import CodeResult, Limits, Outcome
 from rewards.code.reward import code_accuracy, code_all_pass
-from rewards.code.runner import CodeResult, Limits, Outcome, Sandbox, SandboxUnavailableError
+from rewards.code.runner import Sandbox, SandboxUnavailableError
 
 __all__ = [
     "Case",

@@ -9,7 +9,8 @@ import threading
 from typing import Any
 
 from rewards.code.cases import Case, extract_code, parse_tests
-from rewards.code.runner import CodeResult, Limits, Outcome, Sandbox
+from rewards.code.protocol import CodeResult, Limits, Outcome
+from rewards.code.runner import Sandbox
 from rewards.code.tiers import TIERS
 
 _SANDBOX: Sandbox | None = None

@@ -9,7 +9,7 @@ from typing import Any
 from rewards.base import Scored, register_reward
 from rewards.code.api import get_sandbox, run_many
 from rewards.code.cases import extract_code
-from rewards.code.runner import CodeResult
+from rewards.code.protocol import CodeResult
 
 
 def run_unique(
