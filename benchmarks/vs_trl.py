@@ -23,6 +23,9 @@ What maps to what (everything not listed is off in both or equal by default)::
     rollout.max_new_tokens                  max_completion_length
     rollout.temperature/top_p/top_k         temperature/top_p/top_k (TRL: use_vllm False, transformers generate)
     model.finetune = full                   full fine-tuning (no peft_config)
+    model.dtype (--dtype), no autocast      model loaded in --dtype; bf16 = (--dtype == bfloat16) (TRL's default
+                                            bf16=True would autocast float32 weights to bf16, on CPU too)
+    training.device (--device)              use_cpu = (--device == cpu)
     moe.router_aux_loss_coef = 0            router_aux_loss_coef = 0.0
     moe.telemetry = false                   (TRL logs no routing statistics)
     logging.rollouts_every = 0              log_completions = False (neither stores the step's completions)
@@ -31,6 +34,11 @@ What maps to what (everything not listed is off in both or equal by default)::
     torch.set_num_threads(--threads)        the same, in its own process
 
 Usage: ``python benchmarks/vs_trl.py [--model tiny://deepseek_v3/arith --repeats 4 --threads 1 --json out.json]``.
+On a GPU, a few-hundred-million-parameter MoE from config, bf16 (rewards carry no signal with random weights)::
+
+    SIZE=hidden_size=1024,num_hidden_layers=12,num_attention_heads=16,num_key_value_heads=4,head_dim=64
+    python benchmarks/vs_trl.py --device cuda --dtype bfloat16 --steps 6 --warmup 1 --repeats 2 --max-new-tokens 256 \
+        --random-init $SIZE,num_experts=24,num_experts_per_tok=4,moe_intermediate_size=512
 """
 
 from __future__ import annotations
@@ -81,6 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch threads in each engine's process. 1 by default: on a 2-core machine shared with other "
                    "jobs, 2 OpenMP threads per process spend most of a step waiting in barriers for a descheduled "
                    "thread (docs/performance.md); use 2 on a quiet machine")  # fmt: skip
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where both engines run")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="weights dtype of both engines (bfloat16 for the GPU comparison)")  # fmt: skip
     p.add_argument("--engines", default="r1kit,trl", help="comma-separated subset of r1kit,trl")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out greedy evaluation after training")
     p.add_argument("--json", type=Path, help="also write the JSON here")
@@ -97,7 +108,7 @@ def settings(a: argparse.Namespace) -> dict:
         "temperature": a.temperature, "top_p": a.top_p, "top_k": a.top_k, "lr": a.lr, "loss": a.loss,
         "beta": 0.0, "num_iterations": 1, "scale_rewards": "group", "clip": 0.2, "finetune": "full",
         "adam_betas": [0.9, 0.999], "max_grad_norm": 1.0, "lr_schedule": "constant",
-        "rewards": REWARD_RULES, "threads": a.threads,
+        "rewards": REWARD_RULES, "threads": a.threads, "device": a.device, "dtype": a.dtype,
     }  # fmt: skip
 
 
@@ -128,7 +139,7 @@ def r1kit_recipe(a: argparse.Namespace, out_dir: str):
         f"rewards.rules=[{rules}]",
         f"training.lr={a.lr}", "training.adam_betas=[0.9, 0.999]", "training.max_grad_norm=1.0",
         "training.warmup_steps=0", "training.lr_schedule=constant", f"training.seed={a.seed}",
-        f"training.torch_threads={a.threads}", "training.device=cpu",
+        f"training.torch_threads={a.threads}", f"training.device={a.device}", f"model.dtype={a.dtype}",
         "moe.telemetry=false",  # TRL computes no routing telemetry (r1kit's router hooks also force padded forwards)
         "logging.rollouts_every=0",  # TRL (log_completions=False) stores no completions
         "logging.progress=false", f"logging.output_dir={out_dir}",
@@ -156,8 +167,9 @@ def run_r1kit(a: argparse.Namespace) -> dict:
                       "cpu_s": time.process_time() - c0,
                       **{f"t_{k}": m[f"time/{k}"] for k in ("generate", "reward", "train")}})  # fmt: skip
     peak = peak_rss_mb()
+    gpu_peak = peak_gpu_mb()
     ev = None if a.no_eval else trainer.evaluate()["accuracy"]
-    return {"steps": steps, "peak_rss_mb": peak, "eval_accuracy": ev}
+    return {"steps": steps, "peak_rss_mb": peak, "peak_gpu_mb": gpu_peak, "eval_accuracy": ev}
 
 
 def run_trl(a: argparse.Namespace) -> dict:
@@ -174,7 +186,7 @@ def run_trl(a: argparse.Namespace) -> dict:
         ensure_tiny_base(a.model, eval_seed=EVAL_SEED, n_eval=NUM_EVAL) if a.model.startswith("tiny://") else a.model
     )
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, a.dtype))
     data = Dataset.from_list([{"prompt": p.text, **p.columns} for p in prompt_stream(a)])
     steps: list[dict] = []
     batch: dict = {}
@@ -203,7 +215,9 @@ def run_trl(a: argparse.Namespace) -> dict:
                           "accuracy": sum(batch["math_accuracy"]) / len(total)})  # fmt: skip
 
     args = GRPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="vs_trl_trl_"), use_cpu=True, seed=a.seed, data_seed=a.seed,
+        output_dir=tempfile.mkdtemp(prefix="vs_trl_trl_"), use_cpu=a.device == "cpu",
+        # GRPOConfig turns bf16 autocast on by default (on CPU too): equal settings means the weights' dtype only
+        bf16=a.dtype == "bfloat16", fp16=False, seed=a.seed, data_seed=a.seed,
         per_device_train_batch_size=a.prompts * a.num_generations, gradient_accumulation_steps=1,
         num_generations=a.num_generations, max_completion_length=a.max_new_tokens, max_steps=a.steps,
         temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, learning_rate=a.lr, lr_scheduler_type="constant",
@@ -217,8 +231,9 @@ def run_trl(a: argparse.Namespace) -> dict:
                           callbacks=[StepTimer()])  # fmt: skip
     trainer.train()
     peak = peak_rss_mb()
+    gpu_peak = peak_gpu_mb()
     ev = None if a.no_eval else evaluate_like_r1kit(a, model, tok)
-    return {"steps": steps, "peak_rss_mb": peak, "eval_accuracy": ev}
+    return {"steps": steps, "peak_rss_mb": peak, "peak_gpu_mb": gpu_peak, "eval_accuracy": ev}
 
 
 def same_random_state(seed: int) -> None:
@@ -266,6 +281,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def peak_gpu_mb() -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+
 # ------------------------------------------------------------------ the comparison
 def child(a: argparse.Namespace, engine: str, seed: int) -> dict:
     argv = [sys.executable, __file__, *_forwarded(a), "--engine", engine, "--seed", str(seed)]
@@ -283,7 +304,7 @@ def _forwarded(a: argparse.Namespace) -> list[str]:
     flags = ["--model", a.model, "--steps", a.steps, "--warmup", a.warmup, "--prompts", a.prompts,
              "--num-generations", a.num_generations, "--max-new-tokens", a.max_new_tokens,
              "--temperature", a.temperature, "--top-p", a.top_p, "--top-k", a.top_k, "--lr", a.lr,
-             "--loss", a.loss, "--threads", a.threads]  # fmt: skip
+             "--loss", a.loss, "--threads", a.threads, "--device", a.device, "--dtype", a.dtype]  # fmt: skip
     return [str(x) for x in flags] + (["--no-eval"] if a.no_eval else [])
 
 
@@ -302,6 +323,7 @@ def summarise(a: argparse.Namespace, runs: dict[str, list[dict]]) -> dict:
             f"{engine}_reward_first_steps": statistics.mean(s["reward"] for r in rs for s in r["steps"][: a.last]),
             f"{engine}_accuracy": statistics.mean(accs),
             f"{engine}_peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+            f"{engine}_peak_gpu_mb": max((r.get("peak_gpu_mb") or 0.0) for r in rs) or None,
             f"{engine}_tokens_per_s": sum(s["tokens"] for s in timed) / sum(s["s"] for s in timed),
         }
         # CPU time of the process per step: far less sensitive than wall time to other jobs on a shared machine.

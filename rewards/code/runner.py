@@ -29,6 +29,7 @@ from pathlib import Path
 from rewards.code import confine
 from rewards.code.cases import Case
 from rewards.code.cgroups import SlotCgroup, remove_tree_contents
+from rewards.code.claims import claim_uids, kill_uid, uid_pids
 from rewards.code.protocol import TEXT_LIMIT, CodeResult, FrameReader, Limits, Outcome, judge
 from rewards.code.tiers import TIERS, Launch, Tier, ordered_tiers, sandbox_python
 
@@ -73,7 +74,11 @@ class Sandbox:
         os.chmod(self._root, 0o755)
         self.lib_dir = self._install_harness()
         n = slots or os.cpu_count() or 1
-        self.slots = [self._make_slot(i, uid_base + i) for i in range(n)]
+        # As root each slot runs as its own uid, claimed for this sandbox's lifetime (rewards.code.claims).
+        self._claims = claim_uids(n, uid_base) if os.geteuid() == 0 else []
+        self._closed = False
+        uids = [c.uid for c in self._claims] or [uid_base + i for i in range(n)]
+        self.slots = [self._make_slot(i, uid) for i, uid in enumerate(uids)]
         self._free: queue.Queue[Slot] = queue.Queue()
         for s in self.slots:
             self._free.put(s)
@@ -117,6 +122,9 @@ class Sandbox:
     def _make_slot(self, index: int, uid: int) -> Slot:
         root = os.geteuid() == 0
         workdir = self._root / f"slot{index}"
+        claim = self._claims[index] if self._claims else None
+        if claim is not None:  # recorded first: a kill from here on still gets cleaned by the uid's next claimant
+            claim.record(workdir, [])
         workdir.mkdir(mode=0o700)
         tmpfs = False
         if root:
@@ -129,6 +137,8 @@ class Sandbox:
             )
             os.chown(workdir, uid, uid)
         cgroup = SlotCgroup.create(f"r1kit-{os.getpid()}-uid{uid}", uid) if root else None
+        if claim is not None and cgroup is not None:
+            claim.record(workdir, sorted({cgroup.pids_dir, cgroup.memory_dir} - {None}))
         return Slot(index, uid, workdir, tmpfs, cgroup)
 
     def _choose(self, backend: str | None, allow_weak: bool, candidates: Sequence[str] | None) -> Tier:
@@ -192,6 +202,9 @@ class Sandbox:
             return self._probed[key]
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self.pool.shutdown(wait=True)
         for s in self.slots:
             try:
@@ -202,6 +215,8 @@ class Sandbox:
                 if s.tmpfs:
                     subprocess.run(["umount", "--lazy", str(s.workdir)], capture_output=True)
         shutil.rmtree(self._root, ignore_errors=True)
+        for c in self._claims:  # the uids are free again, with nothing left to clean
+            c.release()
 
     # -- one run --------------------------------------------------------------------------------------------
     def run_cases(
@@ -463,40 +478,3 @@ def _wait_exit(proc: subprocess.Popen, timeout_s: float) -> bool:
         return bool(select.select([pidfd], [], [], timeout_s)[0])
     finally:
         os.close(pidfd)
-
-
-def uid_pids(uid: int) -> list[int]:
-    """Live (non-zombie) processes of ``uid``. Zombies hold no resources and cannot act; they wait for their
-    parent (our own children are reaped here, orphans by init)."""
-    pids = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                if os.stat(f"/proc/{name}").st_uid != uid:
-                    continue
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    state = f.read().rpartition(b")")[2].split()[0]
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue
-            if state not in (b"Z", b"X"):
-                pids.append(int(name))
-    return pids
-
-
-def kill_uid(uid: int, rounds: int = 200) -> None:
-    """SIGKILL all processes owned by ``uid`` until none is left; reap those that became our children."""
-    for _ in range(rounds):
-        pids = uid_pids(uid)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                continue
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-        time.sleep(0.001)
-    raise RuntimeError(f"processes of uid {uid} survive SIGKILL: {uid_pids(uid)}")
