@@ -92,6 +92,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where both engines run")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="weights dtype of both engines (bfloat16 for the GPU comparison)")  # fmt: skip
+    p.add_argument("--trl-default-autocast", action="store_true",
+                   help="leave TRL's own default on: GRPOConfig(bf16=True) autocasts its training forward to bf16, on "
+                   "CPU too, while r1kit stays in --dtype. NOT equal settings: for comparing the two as a new user "
+                   "would run them")  # fmt: skip
     p.add_argument("--engines", default="r1kit,trl", help="comma-separated subset of r1kit,trl")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out greedy evaluation after training")
     p.add_argument("--json", type=Path, help="also write the JSON here")
@@ -109,6 +113,7 @@ def settings(a: argparse.Namespace) -> dict:
         "beta": 0.0, "num_iterations": 1, "scale_rewards": "group", "clip": 0.2, "finetune": "full",
         "adam_betas": [0.9, 0.999], "max_grad_norm": 1.0, "lr_schedule": "constant",
         "rewards": REWARD_RULES, "threads": a.threads, "device": a.device, "dtype": a.dtype,
+        "trl_default_autocast": a.trl_default_autocast,
     }  # fmt: skip
 
 
@@ -217,7 +222,7 @@ def run_trl(a: argparse.Namespace) -> dict:
     args = GRPOConfig(
         output_dir=tempfile.mkdtemp(prefix="vs_trl_trl_"), use_cpu=a.device == "cpu",
         # GRPOConfig turns bf16 autocast on by default (on CPU too): equal settings means the weights' dtype only
-        bf16=a.dtype == "bfloat16", fp16=False, seed=a.seed, data_seed=a.seed,
+        bf16=a.dtype == "bfloat16" or a.trl_default_autocast, fp16=False, seed=a.seed, data_seed=a.seed,
         per_device_train_batch_size=a.prompts * a.num_generations, gradient_accumulation_steps=1,
         num_generations=a.num_generations, max_completion_length=a.max_new_tokens, max_steps=a.steps,
         temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, learning_rate=a.lr, lr_scheduler_type="constant",
@@ -305,7 +310,11 @@ def _forwarded(a: argparse.Namespace) -> list[str]:
              "--num-generations", a.num_generations, "--max-new-tokens", a.max_new_tokens,
              "--temperature", a.temperature, "--top-p", a.top_p, "--top-k", a.top_k, "--lr", a.lr,
              "--loss", a.loss, "--threads", a.threads, "--device", a.device, "--dtype", a.dtype]  # fmt: skip
-    return [str(x) for x in flags] + (["--no-eval"] if a.no_eval else [])
+    return (
+        [str(x) for x in flags]
+        + (["--no-eval"] if a.no_eval else [])
+        + (["--trl-default-autocast"] if a.trl_default_autocast else [])
+    )
 
 
 def summarise(a: argparse.Namespace, runs: dict[str, list[dict]]) -> dict:

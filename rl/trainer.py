@@ -33,7 +33,6 @@ from rl.memory import HalvingChunks
 from rl.modeling import Policy, load_policy, load_tokenizer, resolve_source, save_final
 from rl.moe.control import attach_router_control
 from rl.optim import OPTIMIZERS
-from rl.plots import write_plots
 from rl.progress import StepProgress, console, summary_table
 from rl.runlog import MetricsLog, atomic_write_text
 from rl.trackers import open_trackers
@@ -183,6 +182,8 @@ class GRPOTrainer:
             console.print(summary_table(summary))
             self.trackers.close()
             if self.cfg.logging.plots:
+                from rl.plots import write_plots  # matplotlib (~27 MB resident) only when plotting, at the end
+
                 console.print(f"plots: {self.run_dir / 'plots'} ({len(write_plots(self.run_dir).written)} PNGs)")
         self.dist.barrier()  # no process exits (and tears the group down) while process 0 still writes
         return summary

@@ -28,15 +28,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from rl.runlog import atomic_write
 from rollouts.records import RolloutBatch
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pyarrow (~30 MB resident) is imported where a file is written or read, not by the trainer's import
     import datasets
     import pandas as pd
+    import pyarrow as pa
     import torch
 
     from rewards.scoring import RewardScores
@@ -68,6 +66,8 @@ def to_json(v: Any) -> str:
 
 def _column(values: list[Any]) -> pa.Array:
     """A dataset column as Arrow: native when the values share a type, else JSON text (e.g. mixed test cases)."""
+    import pyarrow as pa
+
     try:
         return pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
@@ -88,6 +88,8 @@ def rollout_table(
     ``extra`` adds columns, one value per completion of the whole batch (the hook for per-completion MoE routing
     summaries from ``rl/moe``: e.g. ``{"moe/expert_counts": [[...], ...]}``).
     """
+    import pyarrow as pa
+
     adv = [float(a) for a in (adv_B.tolist() if hasattr(adv_B, "tolist") else adv_B)]
     n = len(batch)
     for name, vals in {"advantages": adv, "total rewards": scores.total, **(extra or {})}.items():
@@ -125,6 +127,8 @@ def _mean(xs: Sequence[float] | None) -> float | None:
 
 def write_table_atomic(table: pa.Table, path: Path) -> None:
     """Write ``table`` as Parquet atomically (see ``rl.runlog.atomic_write``)."""
+    import pyarrow.parquet as pq
+
     atomic_write(path, lambda f: pq.write_table(table, f))
 
 
@@ -197,6 +201,7 @@ def load(run_dir: str | Path, steps: int | Iterable[int] | None = None) -> pd.Da
     added later, sampling extras) get nulls there.
     """
     import pandas as pd
+    import pyarrow.parquet as pq
 
     paths = _select(run_dir, steps)
     if not paths:
