@@ -61,6 +61,29 @@ class DetailedReward:
 REWARDS: Registry[RewardFn] = Registry("reward")
 
 
+def completion_text(completion: str | Sequence[dict[str, Any]]) -> str:
+    """The text of one completion: a string as is, or the content of the last message of a conversation (what
+    TRL passes for conversational datasets).
+
+    >>> completion_text([{"role": "assistant", "content": "<answer>4</answer>"}])
+    '<answer>4</answer>'
+    """
+    if isinstance(completion, str):
+        return completion
+    if (
+        isinstance(completion, list | tuple)
+        and completion
+        and isinstance(completion[-1], dict)
+        and isinstance(completion[-1].get("content"), str)
+    ):
+        return completion[-1]["content"]
+    raise TypeError(f"a completion must be a string or a list of chat messages, got {type(completion).__name__}")
+
+
+def completion_texts(completions: Sequence[Any]) -> list[str]:
+    return [completion_text(c) for c in completions]
+
+
 def register_reward(name: str, *, detailed: bool = False) -> Callable[[Callable], RewardFn]:
     """Register a batch reward under ``name``; ``detailed=True`` for functions returning ``Scored``."""
 

@@ -16,30 +16,12 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from rewards.base import Scored, register_reward
+from rewards.base import Scored, completion_texts, register_reward
 from rewards.math.verify import DEFAULT_TIMEOUT_S, check_batch
 
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 _NO_TAG = r"(?:(?!</?(?:think|answer)>).)*"  # block content: anything but another R1 tag
 _STRICT_RE = re.compile(rf"\s*<think>({_NO_TAG})</think>\s*<answer>({_NO_TAG})</answer>\s*", re.S)
-
-
-def completion_text(completion: str | Sequence[dict[str, Any]]) -> str:
-    """The text of one completion: a string as is, or the content of the last message of a conversation."""
-    if isinstance(completion, str):
-        return completion
-    if (
-        isinstance(completion, list | tuple)
-        and completion
-        and isinstance(completion[-1], dict)
-        and isinstance(completion[-1].get("content"), str)
-    ):
-        return completion[-1]["content"]
-    raise TypeError(f"a completion must be a string or a list of chat messages, got {type(completion).__name__}")
-
-
-def _texts(completions: Sequence[Any]) -> list[str]:
-    return [completion_text(c) for c in completions]
 
 
 @register_reward("r1_format_strict")
@@ -54,7 +36,7 @@ def r1_format_strict(prompts: list, completions: list, **kwargs: Any) -> list[fl
     [1.0, 0.0, 0.0, 0.0]
     """
     out = []
-    for text in _texts(completions):
+    for text in completion_texts(completions):
         m = _STRICT_RE.fullmatch(text)
         out.append(float(m is not None and bool(m.group(1).strip()) and bool(m.group(2).strip())))
     return out
@@ -68,7 +50,7 @@ def r1_format_soft(prompts: list, completions: list, **kwargs: Any) -> list[floa
     ...     "<answer>4</answer><think>x</think>", "<think>x</think>4"])
     [1.0, 0.0, 0.0]
     """
-    return [float(_tags_in_order(text)) for text in _texts(completions)]
+    return [float(_tags_in_order(text)) for text in completion_texts(completions)]
 
 
 def _tags_in_order(text: str) -> bool:
@@ -94,7 +76,7 @@ def tag_count(prompts: list, completions: list, **kwargs: Any) -> list[float]:
     >>> tag_count(["q"], ["<think>a</think><answer>1"])
     [0.75]
     """
-    return [0.25 * sum(text.count(tag) == 1 for tag in _TAGS) for text in _texts(completions)]
+    return [0.25 * sum(text.count(tag) == 1 for tag in _TAGS) for text in completion_texts(completions)]
 
 
 # ---- language consistency (DeepSeek-R1 §2.3.3) -------------------------------------------------------------
@@ -171,7 +153,7 @@ def language_consistency(prompts: list, completions: list, language: str = "en",
         raise ValueError(f"language_consistency: unknown language {language!r}; known: {sorted(LANGUAGE_SCRIPTS)}")
     target = LANGUAGE_SCRIPTS[language]
     out: list[float | None] = []
-    for text in _texts(completions):
+    for text in completion_texts(completions):
         words = script_words(reasoning_text(text))
         out.append(sum(_script(w) in target for w in words) / len(words) if words else None)
     return out
@@ -183,7 +165,7 @@ def language_consistency(prompts: list, completions: list, language: str = "en",
 def completion_lengths(completions: Sequence[Any], completion_ids: Sequence[Sequence[int]] | None) -> list[int]:
     """Tokens per completion when ``completion_ids`` is given (as TRL passes it), else characters."""
     if completion_ids is None:
-        return [len(t) for t in _texts(completions)]
+        return [len(t) for t in completion_texts(completions)]
     if len(completion_ids) != len(completions):
         raise ValueError(f"completion_ids has {len(completion_ids)} rows for {len(completions)} completions")
     return [len(ids) for ids in completion_ids]
@@ -255,7 +237,7 @@ def cosine_length(
     >>> cosine_length(["q"] * 3, done, answer=["4"] * 3, max_len=100, completion_ids=[[], [7] * 50, [7] * 50])
     [1.0, 0.75, -0.75]
     """
-    verdicts = check_batch(answer, _texts(completions), timeout_s)
+    verdicts = check_batch(answer, completion_texts(completions), timeout_s)
     out = []
     for ok, n in zip(verdicts, completion_lengths(completions, completion_ids), strict=True):
         if ok is None:
@@ -292,7 +274,7 @@ def repetition_penalty(
     if ngram_size < 1:
         raise ValueError(f"repetition_penalty: ngram_size must be >= 1, got {ngram_size}")
     out = []
-    for text in _texts(completions):
+    for text in completion_texts(completions):
         words = text.lower().split() if language == "en" else script_words(text.lower())
         ngrams = [tuple(words[i : i + ngram_size]) for i in range(len(words) - ngram_size + 1)]
         repeated = 1 - len(set(ngrams)) / len(ngrams) if ngrams else 0.0

@@ -14,6 +14,7 @@ KeyError: "unknown loss 'tripple'; known: double"
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -21,7 +22,9 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Name -> object table. Duplicate names raise; unknown names raise listing the known ones."""
+    """Name -> object table. Duplicate names raise (unless it is the same definition imported a second time, e.g.
+    a module loaded both as part of its package and as a file by a test runner); unknown names raise listing the
+    known ones."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -35,6 +38,8 @@ class Registry(Generic[T]):
         return deco
 
     def add(self, name: str, obj: T) -> None:
+        if name in self._items and _same_definition(self._items[name], obj):
+            return
         if name in self._items:
             raise ValueError(f"duplicate {self.kind} name {name!r}: already registered as {self._items[name]!r}")
         self._items[name] = obj
@@ -53,3 +58,13 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._items))
+
+
+def _same_definition(a: object, b: object) -> bool:
+    """Whether two objects come from the same ``def``/``class`` in the same file (a module imported twice)."""
+    a, b = inspect.unwrap(a), inspect.unwrap(b)  # DetailedReward and other wrappers set __wrapped__
+    try:
+        same_file = inspect.getsourcefile(a) == inspect.getsourcefile(b) is not None
+    except TypeError:  # builtins, instances without a source
+        return False
+    return same_file and getattr(a, "__qualname__", None) == getattr(b, "__qualname__", object())

@@ -160,6 +160,8 @@ def test_rewards_registered_and_scored():
     assert scored[0].info["backend"] in ("bwrap", "unshare", "process")
     assert json.loads(json.dumps(scored[1].info["outcomes"]))[1]["status"] == "failed"
     assert REWARDS.get("code_all_pass")(["p"] * 3, completions, tests=tests) == [1.0, 0.0, 0.0]
+    chat = [[{"role": "assistant", "content": c}] for c in completions]  # TRL, conversational dataset
+    assert acc(["p"] * 3, chat, tests=tests) == [1.0, 0.5, 0.0]
 
 
 def test_reward_runs_cpp_blocks_by_fence_tag():

@@ -27,6 +27,28 @@ def test_registry_rejects_duplicates_and_lists_known_names():
         load_reward("math_acuracy")
 
 
+def test_the_same_module_imported_twice_registers_once(tmp_path):
+    """A module loaded both through its package and as a file (pytest's importlib mode with doctests does that)
+    defines the same functions again: not a clash. The same name from another file still is."""
+    import importlib.util
+
+    src = (
+        "from rewards.base import register_reward\n\n@register_reward('_twice')\n"
+        "def twice(prompts, completions, **kw):\n    return [1.0] * len(completions)\n"
+    )
+    (tmp_path / "twice.py").write_text(src)
+    (tmp_path / "other.py").write_text(src)
+    for name, file in (("twice_a", "twice.py"), ("twice_b", "twice.py"), ("other", "other.py")):
+        spec = importlib.util.spec_from_file_location(name, tmp_path / file)
+        module = importlib.util.module_from_spec(spec)
+        if name == "other":
+            with pytest.raises(ValueError, match="duplicate reward name '_twice'"):
+                spec.loader.exec_module(module)
+        else:
+            spec.loader.exec_module(module)
+    assert REWARDS.get("_twice")(["p"], ["c"]) == [1.0]
+
+
 def test_load_by_module_and_by_file_path():
     assert load_reward("rewards.base:required_columns") is required_columns
     fn = load_reward(f"{HERE}:length_reward")
@@ -79,6 +101,19 @@ def test_detailed_reward_is_a_plain_batch_function_too():
     assert fn(["q"], ["<think>1+1=2</think><answer>2</answer>"], answer=["2"]) == [1.0]
     scored = fn.score(["q"], ["<answer>3</answer>"], answer=["2"])
     assert isinstance(scored[0], Scored) and scored[0].value == 0.0
+
+
+def test_builtin_rewards_take_trl_conversational_completions():
+    """TRL passes each completion of a conversational dataset as a list of messages; every built-in reward reads
+    the last message's content, and gives the same verdict as for the plain string."""
+    text = "<think>1+1=2</think><answer>2</answer>"
+    chat = [[{"role": "assistant", "content": text}]]
+    for name in ("math_accuracy", "r1_format_strict", "r1_format_soft", "tag_count"):
+        fn = REWARDS.get(name)
+        assert fn(["q"], chat, answer=["2"]) == fn(["q"], [text], answer=["2"]), name
+    assert REWARDS.get("math_accuracy")(["q"], chat, answer=["2"]) == [1.0]
+    with pytest.raises(TypeError, match="a completion must be a string or a list of chat messages"):
+        REWARDS.get("math_accuracy")(["q"], [{"content": text}], answer=["2"])
 
 
 def test_weights_combine_rewards():

@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from rewards.base import Scored, register_reward
+from rewards.base import Scored, completion_texts, register_reward
 from rewards.code.api import get_sandbox, run_many
 from rewards.code.cases import extract_code
 from rewards.code.protocol import CodeResult
@@ -47,7 +47,7 @@ def _score(
         raise ValueError(f"no_program: expected 'zero' or 'abstain', got {no_program!r}")
     if language not in ("auto", "python", "cpp"):
         raise ValueError(f"language: expected 'auto', 'python' or 'cpp', got {language!r}")
-    found = [extract_code(c) for c in completions]
+    found = [extract_code(c) for c in completion_texts(completions)]
     results = run_unique(
         [None if f is None else f[0] for f in found],
         list(tests),

@@ -366,5 +366,3 @@ def _same_relation(gold: Rel, pred: Rel, use_sympy: bool) -> bool:
     if gold.op == "=" or gold.op == "≠":
         return r != 0
     return r.imag == 0 and r.real > 0
-
-

@@ -30,9 +30,7 @@ MAX_ANSWER_CHARS = 1_000
 
 _BOX_RE = re.compile(r"\\{1,2}(?:boxed|fbox)\s*\{")  # "\\boxed{": a doubled escape is still a box
 _ANSWER_TAG_RE = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S)
-_PHRASE_RE = re.compile(
-    r"(?:final answer|the answer|answer|réponse)\s*(?:is|:|est|=)?\s*(?:[:：]\s*)?(?:\*\*)?", re.I
-)
+_PHRASE_RE = re.compile(r"(?:final answer|the answer|answer|réponse)\s*(?:is|:|est|=)?\s*(?:[:：]\s*)?(?:\*\*)?", re.I)
 _MATH_RE = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|(?<!\\)\$([^$\n]+?)(?<!\\)\$", re.S)
 _NUMBER_RE = re.compile(
     r"[-+]?(?:\\frac\{\d+\}\{\d+\}|\d+ \d+/\d+(?![\d/])|\d+(?:[.,]\d+)*(?:/\d+)?)(?:\s*(?:%|\\%))?"
