@@ -6,6 +6,7 @@ work dir touched and nothing secret in the returned outcomes. Limits are tight s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -346,10 +347,23 @@ THREATS = list(threat_programs(Path("/x"), [0, 0]))
 def test_threat_is_contained(threat, tier, outside, listeners):
     ports = [s.getsockname()[1] for s in listeners]
     program, tests = threat_programs(outside, ports)[threat]
+    with contained(tier, outside, listeners) as judged:
+        judged.append(
+            run(program, tests, backend=tier, timeout_s=LIMITS.timeout_s, memory_mb=LIMITS.memory_mb, limits=LIMITS)
+        )
+    # the runner survived and still judges correctly
+    assert run("def f(x):\n    return x + 1\n", F1, backend=tier).pass_fraction == 1.0
+
+
+@contextlib.contextmanager
+def contained(tier: str, outside: Path, listeners):
+    """Checks, around the run the block appends to the yielded list, that it scored 0 in ``tier`` and left no
+    process, no change outside its work dir, no file in /dev/shm or /tmp, no connection and no secret behind."""
     before = _snapshot(outside)
     shm_before, tmp_before = set(_slot_files("/dev/shm")), set(_slot_files("/tmp"))
-    res = run(program, tests, backend=tier, timeout_s=LIMITS.timeout_s, memory_mb=LIMITS.memory_mb, limits=LIMITS)
-
+    judged: list = []
+    yield judged
+    (res,) = judged
     assert res.pass_fraction == 0.0, res
     assert res.backend == tier
     for slot in get_sandbox().slots:
@@ -358,30 +372,17 @@ def test_threat_is_contained(threat, tier, outside, listeners):
     assert set(_slot_files("/dev/shm")) == shm_before and set(_slot_files("/tmp")) == tmp_before
     assert _accepted(listeners) == 0, "a sandboxed program reached a loopback listener"
     assert SECRET not in json.dumps([o.__dict__ for o in res.outcomes]), "a secret leaked into the outcomes"
-    # the runner survived and still judges correctly
-    assert run("def f(x):\n    return x + 1\n", F1, backend=tier).pass_fraction == 1.0
 
 
 @pytest.mark.parametrize("threat", CPP_THREATS)
 def test_cpp_threat_is_contained(threat, tier, outside, listeners):
     ports = [s.getsockname()[1] for s in listeners]
     program = cpp_threat_programs(outside, ports)[threat]
-    before = _snapshot(outside)
-    shm_before, tmp_before = set(_slot_files("/dev/shm")), set(_slot_files("/tmp"))
-    # two cases, so that anything a program leaves for the next case is exercised
-    tests = {"stdio": S1["stdio"] * 2}
-    res = run(program, tests, backend=tier, language="cpp", timeout_s=LIMITS.timeout_s, limits=LIMITS)
-
-    assert res.pass_fraction == 0.0, res
+    tests = {"stdio": S1["stdio"] * 2}  # two cases, so that anything a program leaves for the next is exercised
+    with contained(tier, outside, listeners) as judged:
+        judged.append(run(program, tests, backend=tier, language="cpp", timeout_s=LIMITS.timeout_s, limits=LIMITS))
     if not threat.startswith("include_"):  # the attack itself ran: a compile error would make this test vacuous
-        assert not any("compile" in o.error for o in res.outcomes), res.outcomes[0]
-    assert res.backend == tier
-    for slot in get_sandbox().slots:
-        assert uid_pids(slot.uid) == [], f"processes of slot uid {slot.uid} survived"
-    assert _snapshot(outside) == before, "something outside the work dir changed"
-    assert set(_slot_files("/dev/shm")) == shm_before and set(_slot_files("/tmp")) == tmp_before
-    assert _accepted(listeners) == 0, "a sandboxed program reached a loopback listener"
-    assert SECRET not in json.dumps([o.__dict__ for o in res.outcomes]), "a secret leaked into the outcomes"
+        assert not any("compile" in o.error for o in judged[0].outcomes), judged[0].outcomes[0]
     ok = '#include <cstdio>\nint main() { int x; std::scanf("%d", &x); std::printf("%d\\n", x + 1); }\n'
     assert run(ok, S1, backend=tier, language="cpp").pass_fraction == 1.0
 

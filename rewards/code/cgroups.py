@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from rewards.code.claims import kill_until_gone
 
 log = logging.getLogger(__name__)
 _ROOT = Path("/sys/fs/cgroup")
@@ -107,20 +107,8 @@ class SlotCgroup:
         return found
 
     def kill_all(self, timeout_s: float = 5.0) -> bool:
-        """SIGKILL every member until none is left (a fork racing the kill is caught on the next round; a killed
-        process stays listed until the kernel has torn it down, hence the short sleeps)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            pids = self.pids()
-            if not pids:
-                return True
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.002)
-        return not self.pids()
+        """SIGKILL every member until none is left."""
+        return kill_until_gone(self.pids, timeout_s)
 
     def remove(self) -> None:
         self.kill_all()

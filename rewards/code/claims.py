@@ -19,6 +19,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,20 +110,36 @@ def clean_leftovers(uid: int, record: dict) -> None:
 
 
 def _empty_cgroup(d: Path) -> None:
-    procs = d / "cgroup.procs"
-    for _ in range(200):
+    def members() -> list[int]:
         try:
-            pids = [int(p) for p in procs.read_text().split()]
+            return [int(p) for p in (d / "cgroup.procs").read_text().split()]
         except FileNotFoundError:
-            return
+            return []
+
+    kill_until_gone(members)
+
+
+def kill_until_gone(list_pids: Callable[[], Collection[int]], timeout_s: float = 5.0, reap: bool = False) -> bool:
+    """SIGKILL every pid ``list_pids()`` returns until it returns none (a fork racing the kill is caught on the
+    next round; a killed process stays listed until the kernel has torn it down, hence the short sleeps). With
+    ``reap``, those that are our children are reaped. Returns whether none is left."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pids = list_pids()
         if not pids:
-            return
+            return True
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
-                pass
+                continue
+            if reap:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
         time.sleep(0.002)
+    return not list_pids()
 
 
 def uid_pids(uid: int) -> list[int]:
@@ -143,20 +160,7 @@ def uid_pids(uid: int) -> list[int]:
     return pids
 
 
-def kill_uid(uid: int, rounds: int = 200) -> None:
+def kill_uid(uid: int, timeout_s: float = 5.0) -> None:
     """SIGKILL all processes owned by ``uid`` until none is left; reap those that became our children."""
-    for _ in range(rounds):
-        pids = uid_pids(uid)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                continue
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-        time.sleep(0.001)
-    raise RuntimeError(f"processes of uid {uid} survive SIGKILL: {uid_pids(uid)}")
+    if not kill_until_gone(lambda: uid_pids(uid), timeout_s, reap=True):
+        raise RuntimeError(f"processes of uid {uid} survive SIGKILL: {uid_pids(uid)}")
