@@ -76,5 +76,7 @@ def test_registry_names_and_errors():
         ADVANTAGES.get("ppo")
     with pytest.raises(ValueError, match="std_scale"):
         grpo_advantages(torch.tensor([1.0]), torch.tensor([0]), std_scale="row")
-    with pytest.raises(ValueError, match="duplicate"):
-        ADVANTAGES.add("grpo", grpo_advantages)
+    with pytest.raises(ValueError, match="duplicate .*'grpo'"):
+        ADVANTAGES.add("grpo", rloo_advantages)  # another definition under a taken name
+    ADVANTAGES.add("grpo", grpo_advantages)  # the same definition again (a module imported twice) is no clash
+    assert ADVANTAGES.get("grpo") is grpo_advantages
