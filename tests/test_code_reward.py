@@ -139,6 +139,16 @@ def test_cpp_stdio_correct_partial_and_outcomes():
     assert [o.status for o in res.outcomes] == ["passed", "timeout", "passed", "passed"]
 
 
+def test_cpp_without_a_compiler_fails_loudly(monkeypatch):
+    from rewards.code import SandboxUnavailableError, get_sandbox
+
+    sb = get_sandbox()
+    monkeypatch.setattr(sb, "cxx", None)
+    monkeypatch.setattr(sb, "_probed", {k: v for k, v in sb._probed.items() if "+" not in k})  # forget C++ probes
+    with pytest.raises(SandboxUnavailableError, match="g\\+\\+` not installed"):
+        run(ADD_CPP, ADD_STDIO, language="cpp")
+
+
 def test_cpp_needs_stdio_tests_and_a_known_language():
     res = run(ADD_CPP, {"function": {"name": "add", "cases": [{"args": [1, 2], "expected": 3}]}}, language="cpp")
     assert res.pass_fraction == 0.0 and "stdio tests only" in res.outcomes[0].error

@@ -36,6 +36,11 @@ from rewards.code.tiers import TIERS, Launch, Tier, ordered_tiers, sandbox_pytho
 log = logging.getLogger(__name__)
 
 _ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
+_PROBE_PROGRAMS = {  # read "1 2", print "3"
+    "python": "print(sum(map(int, input().split())))",
+    "cpp": '#include <cstdio>\nint main(){int a,b;std::scanf("%d %d",&a,&b);std::printf("%d\\n",a+b);}\n',
+}
+_NO_CXX = "`g++` not installed (apt-get install -y g++)"
 __all__ = ["CodeResult", "Limits", "Outcome", "Sandbox", "SandboxUnavailableError", "kill_uid", "uid_pids"]
 
 
@@ -164,40 +169,30 @@ class Sandbox:
             raise SandboxUnavailableError(f"sandbox tier {tier.name} does not work here: {why}")
         return tier
 
-    def probe(self, tier: Tier) -> str | None:
-        """Run a real program through ``tier``; None when it works, else the reason (cached)."""
+    def probe(self, tier: Tier, language: str = "python") -> str | None:
+        """Run a real program in ``language`` through ``tier``; None when it works, else the reason (cached). A
+        C++ toolchain broken by the sandbox must fail loudly, not score every program 0 as a compile error."""
+        key = tier.name if language == "python" else f"{tier.name}+{language}"
+        if language != "python" and (why := self.probe(tier)) is not None:
+            return why  # the tier itself does not work
         with self._lock:
-            if tier.name not in self._probed:
-                why = tier.requires()
+            if key not in self._probed:
+                if language == "python":
+                    why = tier.requires()
+                else:
+                    why = None if self.cxx else _NO_CXX
                 if why is None:
                     try:
                         res = self.run_cases(
-                            "print(sum(map(int, input().split())))",
+                            _PROBE_PROGRAMS[language],
                             [Case("stdio", input="1 2\n", expected="3\n")],
                             tier=tier,
+                            language=language,
                             probing=True,
                         )
                         why = None if res.pass_fraction == 1.0 else f"probe program did not pass: {res.outcomes}"
                     except (OSError, RuntimeError, ValueError) as e:
                         why = f"{type(e).__name__}: {e}"
-                self._probed[tier.name] = why
-            return self._probed[tier.name]
-
-    def probe_cpp(self, tier: Tier) -> str | None:
-        """Compile and run a C++ program through ``tier``; None when the toolchain works there (cached). A
-        toolchain broken by the sandbox must fail loudly, not score every program 0 as a compile error."""
-        key = f"{tier.name}+cpp"
-        with self._lock:
-            if key not in self._probed:
-                why = None if self.cxx else "`g++` not installed (apt-get install -y g++)"
-                if why is None:
-                    src = (
-                        '#include <cstdio>\nint main(){int a,b;std::scanf("%d %d",&a,&b);std::printf("%d\\n",a+b);}\n'
-                    )
-                    res = self.run_cases(
-                        src, [Case("stdio", input="1 2\n", expected="3\n")], tier=tier, language="cpp", probing=True
-                    )
-                    why = None if res.pass_fraction == 1.0 else f"probe C++ program did not pass: {res.outcomes}"
                 self._probed[key] = why
             return self._probed[key]
 
@@ -240,7 +235,7 @@ class Sandbox:
         if not probing and tier is not self.tier:
             self._require(tier)
         if language == "cpp" and not probing:
-            why = self.probe_cpp(tier)
+            why = self.probe(tier, "cpp")
             if why is not None:
                 raise SandboxUnavailableError(f"C++ programs cannot run in sandbox tier {tier.name}: {why}")
             if any(c.kind != "stdio" for c in cases):
