@@ -118,6 +118,14 @@ class RolloutConfig:
     sampler: Literal["r1kit", "generate"] = "r1kit"
     """Decoding loop: r1kit's (each prompt prefilled once per group, finished rows dropped) or transformers'
     ``model.generate`` (the reference; same tokens under the same seed, slower on small models)."""
+    fused_decode: bool = True
+    """r1kit's sampler decodes with a fused step (``rollouts.fused``: preallocated KV cache, no per-call model
+    machinery; same logits) for the families it covers (Qwen3-MoE, DeepSeek-V3 on CPU); others, and False, call
+    the model's forward every step."""
+    torch_threads: int | None = None
+    """CPU threads for torch while sampling; None: the same as training. Decoding a small model is a chain of
+    tiny operators where extra threads mostly wait at barriers, so 1 is often fastest there even when training
+    gains from more."""
     seeded_groups: bool = False
     """Generate each group alone with torch's RNG seeded from (training.seed, group id): completions then depend
     neither on the number of processes nor on which groups share a ``generate`` call, so a 2-process run
@@ -128,6 +136,10 @@ class RolloutConfig:
         _check(self.temperature > 0, f"rollout.temperature: must be > 0, got {self.temperature}")
         _check(0 < self.top_p <= 1, f"rollout.top_p: must be in (0, 1], got {self.top_p}")
         _check(self.top_k >= 0, f"rollout.top_k: must be >= 0, got {self.top_k}")
+        _check(
+            self.torch_threads is None or self.torch_threads > 0,
+            f"rollout.torch_threads: must be > 0 or null, got {self.torch_threads}",
+        )
 
 
 @dataclass(frozen=True)

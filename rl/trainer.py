@@ -95,6 +95,7 @@ class GRPOTrainer:
         self.backend = BACKENDS.get(r.backend)(
             self.policy.model, self.policy.tokenizer, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
             top_p=r.top_p, top_k=r.top_k, batch_size=r.generation_batch_size, sampler=r.sampler,
+            fused_decode=r.fused_decode, threads=r.torch_threads,
         )  # fmt: skip
         self.moe = attach_router_control(self.policy.model, cfg.moe)  # before collecting params: may freeze routers
         a, t = cfg.algorithm, cfg.training

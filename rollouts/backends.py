@@ -47,13 +47,27 @@ def router_logits_off(model: torch.nn.Module) -> Iterator[None]:
             c.output_router_logits = v
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` inside (None: unchanged)."""
+    saved = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
 @BACKENDS.register("transformers")
 class TransformersBackend:
     """G samples per prompt from a transformers model; each row stops at EOS or ``max_new_tokens``.
 
     ``sampler="r1kit"`` (default) runs ``rollouts.sampler.sample``: each prompt prefilled once for its group,
-    finished rows dropped, no ``generate`` overhead per token. ``sampler="generate"`` is the reference path:
-    batched ``model.generate`` with left padding. Both give the same tokens under the same seed.
+    finished rows dropped, no ``generate`` overhead per token, and (``fused_decode``) a fused decode step for the
+    families ``rollouts.fused`` covers. ``sampler="generate"`` is the reference path: batched ``model.generate``
+    with left padding. Both give the same tokens under the same seed. ``threads``: torch's CPU threads while
+    generating (None: unchanged).
     """
 
     def __init__(
@@ -67,10 +81,13 @@ class TransformersBackend:
         top_k: int = 0,
         batch_size: int | None = None,
         sampler: str = "r1kit",
+        fused_decode: bool = True,
+        threads: int | None = None,
     ) -> None:
         if sampler not in SAMPLERS:
             raise ValueError(f"rollout.sampler: unknown {sampler!r}; known: {list(SAMPLERS)}")
         self.model, self.tokenizer, self.sampler = model, tokenizer, sampler
+        self.fused_decode, self.threads = fused_decode, threads
         self.max_new_tokens, self.temperature, self.top_p, self.top_k = max_new_tokens, temperature, top_p, top_k
         self.batch_size = batch_size
         if tokenizer.pad_token_id is None:
@@ -98,7 +115,7 @@ class TransformersBackend:
         was_training = self.model.training
         self.model.eval()
         try:
-            with router_logits_off(self.model):
+            with router_logits_off(self.model), torch_threads(self.threads):
                 if self.sampler == "generate":
                     return self._with_generate(rows, greedy)
                 return self._with_sampler(rows, greedy)
@@ -116,7 +133,7 @@ class TransformersBackend:
         out = sample(
             self.model, [ids for _, ids, _ in units], [n for _, _, n in units], max_new_tokens=self.max_new_tokens,
             eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_token_id, temperature=self.temperature,
-            top_p=self.top_p, top_k=self.top_k, greedy=greedy,
+            top_p=self.top_p, top_k=self.top_k, greedy=greedy, fused=self.fused_decode,
         )  # fmt: skip
         completions = [self._completion(row, gen) for row, gen in zip(rows, out.tokens, strict=True)]
         for c, lp in zip(completions, out.logprobs, strict=True):

@@ -44,9 +44,17 @@ import torch
 
 from rl.moe.metrics import expert_counts, flip_counts, load_balancing_loss, load_entropy, load_max_over_mean
 from rl.moe.routers import RouterSite, find_routers, require_families
+from rollouts.fused import IDLE_WHEN_SAMPLING
 
 log = logging.getLogger(__name__)
 PHASES = ("record", "train")
+
+
+def _idle_when_sampling(hook: functools.partial) -> functools.partial:
+    """Mark a hook that does nothing outside a training-step phase (sampling has none), so that the fused decode
+    step (``rollouts.fused``), which skips the router module's hooks, may run with it registered."""
+    setattr(hook, IDLE_WHEN_SAMPLING, True)
+    return hook
 
 
 class RouterControl:
@@ -56,7 +64,9 @@ class RouterControl:
         self.sites, self.replay, self.aux_loss_coef, self.telemetry = sites, replay, aux_loss_coef, telemetry
         active = bool(sites) and (replay or aux_loss_coef > 0 or telemetry)
         self._handles = (
-            [s.module.register_forward_hook(functools.partial(self._hook, s)) for s in sites] if active else []
+            [s.module.register_forward_hook(_idle_when_sampling(functools.partial(self._hook, s))) for s in sites]
+            if active
+            else []
         )
         self._phase: str | None = None
         self._rows: torch.Tensor | None = None

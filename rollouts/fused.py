@@ -1,0 +1,281 @@
+"""Fused decode steps for ``rollouts.sampler``: one new token per live row through the model's own weights and
+modules, without the per-call machinery of its ``forward``.
+
+A decode step of a small MoE on a CPU is mostly overhead, not arithmetic: transformers' forward builds a mask,
+runs every decoder layer and attention module through ``nn.Module.__call__``, and the ``DynamicCache``
+concatenates each layer's keys and values every step (a copy of the whole cache, ~25% of a step at 40 positions
+and 32 rows). A fused step computes the same thing as the model's forward for one query token per row:
+
+* keys and values live in preallocated buffers (``KVBuffers``) and a step writes one position in place;
+* the decoder layers are unrolled here: norms, projections, rotary embedding and the KV write inline, the
+  attention through the model's own attention function, the MLP / MoE block (router and experts) through the
+  model's own module, so routing is exactly the model's and its router hooks still fire;
+* the rotary tables and the decode mask are built once per step, not once per layer.
+
+Results are those of the model's forward: the same operators in the same order on the same tensors (tested:
+equal logits, and the same tokens as ``model.generate`` under the same seed, ``tests/test_fused_decode.py``).
+``fused_decoder`` returns None for anything it does not cover - another family, non-sdpa attention, sliding
+windows, foreign forward hooks, a device other than CPU (not measured there yet) - and the sampler then calls
+the model's forward as before. LoRA adapters (peft) are covered: their layers are called as modules.
+
+Shapes: n live rows, H hidden size, h heads, d head dim, L cached positions, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import abc
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.utils import parametrize
+from transformers import DynamicCache
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from rl.registry import Registry
+
+FUSED_DECODERS: Registry[type] = Registry("fused decoder")  # config.model_type -> decoder class
+IDLE_WHEN_SAMPLING = "r1kit_idle_when_sampling"  # attribute on hooks that do nothing during sampling
+
+
+class KVBuffers:
+    """Per-layer keys and values with room for ``capacity`` more positions: (n, h, L + capacity, d) each. A step
+    writes its position in place, where ``DynamicCache.update`` would concatenate (and copy) the whole cache."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], capacity: int) -> None:
+        self.length = keys[0].shape[2]
+        self.keys = [_with_room(k, capacity) for k in keys]
+        self.values = [_with_room(v, capacity) for v in values]
+
+    @classmethod
+    def from_cache(cls, cache: DynamicCache, capacity: int) -> KVBuffers:
+        return cls([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers], capacity)
+
+    def write(self, i: int, k_nhd: torch.Tensor, v_nhd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store layer ``i``'s new position; return its keys and values so far (views, (n, h, L + 1, d))."""
+        L = self.length
+        self.keys[i][:, :, L] = k_nhd
+        self.values[i][:, :, L] = v_nhd
+        return self.keys[i][:, :, : L + 1], self.values[i][:, :, : L + 1]
+
+    def advance(self) -> None:
+        self.length += 1
+
+    def keep(self, idx_n: torch.Tensor) -> None:
+        """Rows ``idx_n`` stay (finished rows leave the batch)."""
+        self.keys = [k[idx_n] for k in self.keys]
+        self.values = [v[idx_n] for v in self.values]
+
+
+def _with_room(x_nhLd: torch.Tensor, capacity: int) -> torch.Tensor:
+    n, h, L, d = x_nhLd.shape
+    buf = x_nhLd.new_empty(n, h, L + capacity, d)
+    buf[:, :, :L] = x_nhLd
+    return buf
+
+
+def rms_norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+    """The transformers RMSNorm (Llama/Qwen/DeepSeek form), casts included."""
+    return _rms_norm(x, norm.weight, norm.variance_epsilon)
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def grouped_experts(experts: torch.nn.Module, h_nH: torch.Tensor, idx_nK: torch.Tensor, w_nK: torch.Tensor):
+    """transformers' ``grouped_mm`` experts forward (``integrations.moe``) for the plain layout (concatenated
+    gate/up, no bias, no expert parallelism), operator for operator; any other layout runs the module itself."""
+    plain = (
+        type(experts).__name__.endswith("Experts")  # not a peft wrapper (model.lora_target_experts)
+        and not parametrize.is_parametrized(experts)
+        and getattr(experts.config, "_experts_implementation", None) == "grouped_mm"
+        and getattr(experts, "has_gate", False) and getattr(experts, "is_concatenated", False)
+        and not getattr(experts, "is_transposed", True) and not getattr(experts, "has_bias", True)
+        and not getattr(experts, "has_post_expert_norm", True) and not getattr(experts, "_is_expert_parallel", True)
+    )  # fmt: skip
+    if not plain:
+        return experts(h_nH, idx_nK, w_nK)
+    n, K = idx_nK.shape
+    expert_S, perm_S = torch.sort(idx_nK.reshape(-1))  # S = n * K (token, expert) pairs, grouped by expert
+    offsets = torch.bincount(expert_S, minlength=experts.num_experts).cumsum(0, dtype=torch.int32)
+    gate, up = F.grouped_mm(h_nH[perm_S // K], experts.gate_up_proj.transpose(-2, -1), offs=offsets).chunk(2, -1)
+    out_SH = F.grouped_mm(experts.act_fn(gate) * up, experts.down_proj.transpose(-2, -1), offs=offsets)
+    out_SH = out_SH * w_nK.reshape(-1)[perm_S].unsqueeze(-1)
+    unsorted_SH = torch.empty_like(out_SH)
+    unsorted_SH[perm_S] = out_SH
+    return unsorted_SH.view(n, K, -1).sum(dim=1).to(h_nH.dtype)
+
+
+class FusedDecoder(abc.ABC):
+    """The decode step common to the families: embed, rotary tables once, per layer ``x += attention(norm(x))``
+    and ``x += mlp(norm(x))``, final norm, LM head. Subclasses build the KV buffers and the attention."""
+
+    model_class = ""  # the exact transformers class covered
+
+    def __init__(self, model: torch.nn.Module, kv: KVBuffers) -> None:
+        self.model, self.core, self.kv = model, model.model, kv
+        self.attend = ALL_ATTENTION_FUNCTIONS[model.config._attn_implementation]
+
+    def keep(self, idx_n: torch.Tensor) -> None:
+        self.kv.keep(idx_n)
+
+    def step(self, tok_n: torch.Tensor, pos_n: torch.Tensor, mask_n11L: torch.Tensor | None) -> torch.Tensor:
+        """Logits (n, V) of the next token after ``tok_n`` at positions ``pos_n``; ``mask_n11L`` is the boolean
+        padding mask over the cached positions and this one (None: no padding)."""
+        x = self.core.embed_tokens(tok_n[:, None])  # (n, 1, H)
+        cos, sin = self.core.rotary_emb(x, pos_n[:, None])  # (n, 1, d)
+        for i, layer in enumerate(self.core.layers):
+            x = x + self.attention(i, layer.self_attn, rms_norm(x, layer.input_layernorm), cos, sin, mask_n11L)
+            x = x + mlp(layer.mlp, rms_norm(x, layer.post_attention_layernorm))
+        self.kv.advance()
+        return self.model.lm_head(rms_norm(x, self.core.norm))[:, 0]
+
+    @abc.abstractmethod
+    def attention(self, i: int, attn, h_n1H, cos, sin, mask_n11L) -> torch.Tensor:
+        """Layer ``i``'s attention output (n, 1, H) for the normed hidden state; writes its keys and values."""
+
+
+def mlp(block: torch.nn.Module, h_n1H: torch.Tensor) -> torch.Tensor:
+    """The layer's MLP: a sparse MoE block (router module, ``grouped_experts``, shared experts if any) or a dense
+    MLP module, summed in the model's order."""
+    if not hasattr(block, "experts"):
+        return block(h_n1H)
+    n, _, H = h_n1H.shape
+    _, w_nK, idx_nK = block.gate(h_n1H)
+    out = grouped_experts(block.experts, h_n1H.view(n, H), idx_nK, w_nK).view(n, 1, H)
+    shared = getattr(block, "shared_experts", None)
+    return out if shared is None else out + shared(h_n1H)
+
+
+@FUSED_DECODERS.register("qwen3_moe")
+class Qwen3MoeDecoder(FusedDecoder):
+    """``Qwen3MoeForCausalLM``: GQA attention with per-head q/k RMSNorm, then a sparse MoE block (or a dense MLP on
+    ``mlp_only_layers``). The q, k and v projections run as one matmul over their concatenated weights, the q and
+    k heads are normalised and rotated together (per-head norm weights stacked): the same arithmetic per element
+    as the model's separate calls."""
+
+    model_class = "Qwen3MoeForCausalLM"
+
+    def __init__(self, model: torch.nn.Module, cache: DynamicCache, capacity: int) -> None:
+        super().__init__(model, KVBuffers.from_cache(cache, capacity))
+        self.qkv = [self._fuse_qkv(layer.self_attn) for layer in self.core.layers]
+
+    @staticmethod
+    def _fuse_qkv(attn: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int, int] | None:
+        """Concatenated q/k/v weights and stacked q/k norm weights; None when a projection is not a plain
+        ``nn.Linear`` (LoRA adapters, quantised layers): those layers call the modules."""
+        projs = (attn.q_proj, attn.k_proj, attn.v_proj)
+        if any(type(p) is not torch.nn.Linear for p in projs):
+            return None
+        weight = torch.cat([p.weight for p in projs])
+        bias = torch.cat([p.bias for p in projs]) if attn.q_proj.bias is not None else None
+        d = attn.head_dim
+        hq, hkv = attn.q_proj.out_features // d, attn.k_proj.out_features // d
+        norm = torch.cat([attn.q_norm.weight.expand(hq, d), attn.k_norm.weight.expand(hkv, d)])  # (hq + hkv, d)
+        return weight, bias, norm, hq, hkv
+
+    def attention(self, i, attn, h_n1H, cos, sin, mask_n11L):
+        n, d = h_n1H.shape[0], attn.head_dim
+        cos, sin = cos[:, None], sin[:, None]  # over heads
+        if self.qkv[i] is None:
+            q = rms_norm(attn.q_proj(h_n1H).view(n, 1, -1, d), attn.q_norm).transpose(1, 2)
+            k = rms_norm(attn.k_proj(h_n1H).view(n, 1, -1, d), attn.k_norm).transpose(1, 2)
+            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+            v = attn.v_proj(h_n1H).view(n, -1, d)
+        else:
+            w_qkv, b_qkv, w_norm, hq, hkv = self.qkv[i]
+            qkv = F.linear(h_n1H, w_qkv, b_qkv)
+            qk = _rms_norm(qkv[..., : (hq + hkv) * d].view(n, 1, hq + hkv, d), w_norm, attn.q_norm.variance_epsilon)
+            qk = qk.transpose(1, 2)  # (n, hq + hkv, 1, d)
+            qk = qk * cos + rotate_half(qk) * sin
+            q, k, v = qk[:, :hq], qk[:, hq:], qkv[..., (hq + hkv) * d :].view(n, hkv, d)
+        keys, values = self.kv.write(i, k[:, :, 0], v)
+        o, _ = self.attend(attn, q, keys, values, mask_n11L, dropout=0.0, scaling=attn.scaling, sliding_window=None)
+        return attn.o_proj(o.reshape(n, 1, -1))
+
+
+@FUSED_DECODERS.register("deepseek_v3")
+class DeepseekV3Decoder(FusedDecoder):
+    """``DeepseekV3ForCausalLM``: multi-head latent attention, then a dense MLP (first layers) or an MoE block with
+    group-limited routing and shared experts. transformers caches the compressed latents and re-expands every
+    cached position through ``kv_b_proj`` at every step; here each position's keys and values are expanded once,
+    when it is written, and kept expanded (the same per-position arithmetic, ``expand_kv``)."""
+
+    model_class = "DeepseekV3ForCausalLM"
+
+    def __init__(self, model: torch.nn.Module, cache: DynamicCache, capacity: int) -> None:
+        layers = model.model.layers
+        expanded = [layer.self_attn.expand_kv(c.keys, c.values) for layer, c in zip(layers, cache.layers, strict=True)]
+        super().__init__(model, KVBuffers([k for k, _ in expanded], [v for _, v in expanded], capacity))
+        modeling = sys.modules[type(model).__module__]
+        self.rotate = (
+            modeling.apply_rotary_pos_emb_interleave if model.config.rope_interleave else modeling.apply_rotary_pos_emb
+        )
+
+    def attention(self, i, attn, h_n1H, cos, sin, mask_n11L):
+        n = h_n1H.shape[0]
+        q = attn.q_proj(h_n1H) if attn.q_lora_rank is None else attn.q_b_proj(
+            rms_norm(attn.q_a_proj(h_n1H), attn.q_a_layernorm))  # fmt: skip
+        q = q.view(n, 1, -1, attn.qk_head_dim).transpose(1, 2)
+        q_pass, q_rot = torch.split(q, [attn.qk_nope_head_dim, attn.qk_rope_head_dim], dim=-1)
+        kv_nope, k_rot = torch.split(attn.kv_a_proj_with_mqa(h_n1H), [attn.kv_lora_rank, attn.qk_rope_head_dim], -1)
+        kv_nope = rms_norm(kv_nope, attn.kv_a_layernorm).view(n, 1, 1, attn.kv_lora_rank)
+        q_rot, k_rot = self.rotate(q_rot, k_rot.view(n, 1, 1, attn.qk_rope_head_dim), cos, sin)
+        k_new, v_new = attn.expand_kv(kv_nope, k_rot)
+        keys, values = self.kv.write(i, k_new[:, :, 0], v_new[:, :, 0])
+        query = torch.cat((q_pass, q_rot), dim=-1)
+        o, _ = self.attend(attn, query, keys, values, mask_n11L, dropout=0.0, scaling=attn.scaling)
+        return attn.o_proj(o.reshape(n, 1, -1))
+
+
+def fused_decoder(model: torch.nn.Module, cache: DynamicCache, capacity: int) -> FusedDecoder | None:
+    """A fused decoder for ``model`` (or the transformers model inside a peft wrapper) holding ``cache``'s keys and
+    values, with room for ``capacity`` more positions; None when ``unsupported(model)`` names a reason."""
+    if unsupported(model) is not None:
+        return None
+    base = _unwrapped(model)
+    return FUSED_DECODERS.get(base.config.model_type)(base, cache, capacity)
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a peft wrapper (its LoRA layers in place), or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def unsupported(model: torch.nn.Module) -> str | None:
+    """Why ``model`` cannot use a fused decode step as it is (None: it can). LoRA adapters are fine: the fused
+    step calls every projection module except plain ``nn.Linear`` ones it concatenates."""
+    base = _unwrapped(model)
+    config = base.config
+    model_type = getattr(config, "model_type", None)
+    if model_type not in FUSED_DECODERS:
+        return f"no fused decoder for model_type {model_type!r} (known: {', '.join(FUSED_DECODERS.names())})"
+    if type(base).__name__ != FUSED_DECODERS.get(model_type).model_class:
+        return f"{type(base).__name__} is not {FUSED_DECODERS.get(model_type).model_class}"
+    device = next(base.parameters()).device
+    if device.type != "cpu":
+        return f"fused decoding is measured on CPU only (model on {device.type})"
+    if model.training or base.training:
+        return "the model is in training mode (dropout)"
+    if getattr(config, "_attn_implementation", None) != "sdpa":
+        return f"attention implementation {config._attn_implementation!r} is not sdpa"
+    layer_types = getattr(config, "layer_types", None) or []
+    if getattr(config, "sliding_window", None) or any(t != "full_attention" for t in layer_types):
+        return "sliding-window attention"
+    for name, module in model.named_modules():
+        if "RMSNorm" in type(module).__name__ and not hasattr(module, "variance_epsilon"):
+            return f"{name} is an RMSNorm of another form ({type(module).__name__})"
+        hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
+        if any(not getattr(hook, IDLE_WHEN_SAMPLING, False) for hook in hooks):
+            return f"{name or 'the model'} has forward hooks the fused step would skip"
+    if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
+        return "global forward hooks are registered"
+    return None
