@@ -89,6 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch threads in each engine's process. 1 by default: on a 2-core machine shared with other "
                    "jobs, 2 OpenMP threads per process spend most of a step waiting in barriers for a descheduled "
                    "thread (docs/performance.md); use 2 on a quiet machine")  # fmt: skip
+    p.add_argument("--sample-threads", type=int,
+                   help="r1kit's rollout.torch_threads: its threads while sampling (default: --threads). Within the "
+                   "same --threads budget; TRL has no such setting")  # fmt: skip
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where both engines run")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="weights dtype of both engines (bfloat16 for the GPU comparison)")  # fmt: skip
@@ -112,7 +115,8 @@ def settings(a: argparse.Namespace) -> dict:
         "temperature": a.temperature, "top_p": a.top_p, "top_k": a.top_k, "lr": a.lr, "loss": a.loss,
         "beta": 0.0, "num_iterations": 1, "scale_rewards": "group", "clip": 0.2, "finetune": "full",
         "adam_betas": [0.9, 0.999], "max_grad_norm": 1.0, "lr_schedule": "constant",
-        "rewards": REWARD_RULES, "threads": a.threads, "device": a.device, "dtype": a.dtype,
+        "rewards": REWARD_RULES, "threads": a.threads,
+        "r1kit_sample_threads": a.sample_threads or a.threads, "device": a.device, "dtype": a.dtype,
         "trl_default_autocast": a.trl_default_autocast,
     }  # fmt: skip
 
@@ -144,7 +148,8 @@ def r1kit_recipe(a: argparse.Namespace, out_dir: str):
         f"rewards.rules=[{rules}]",
         f"training.lr={a.lr}", "training.adam_betas=[0.9, 0.999]", "training.max_grad_norm=1.0",
         "training.warmup_steps=0", "training.lr_schedule=constant", f"training.seed={a.seed}",
-        f"training.torch_threads={a.threads}", f"training.device={a.device}", f"model.dtype={a.dtype}",
+        f"training.torch_threads={a.threads}", f"rollout.torch_threads={a.sample_threads or 'null'}",
+        f"training.device={a.device}", f"model.dtype={a.dtype}",
         "moe.telemetry=false",  # TRL computes no routing telemetry (r1kit's router hooks also force padded forwards)
         "logging.rollouts_every=0",  # TRL (log_completions=False) stores no completions
         "logging.progress=false", f"logging.output_dir={out_dir}",
@@ -312,6 +317,7 @@ def _forwarded(a: argparse.Namespace) -> list[str]:
              "--loss", a.loss, "--threads", a.threads, "--device", a.device, "--dtype", a.dtype]  # fmt: skip
     return (
         [str(x) for x in flags]
+        + ([] if a.sample_threads is None else ["--sample-threads", str(a.sample_threads)])
         + (["--no-eval"] if a.no_eval else [])
         + (["--trl-default-autocast"] if a.trl_default_autocast else [])
     )
