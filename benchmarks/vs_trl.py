@@ -32,6 +32,7 @@ What maps to what (everything not listed is off in both or equal by default)::
     training.lr, adam_betas, max_grad_norm  learning_rate, adam_beta1/2, max_grad_norm; constant schedule, no warmup
     rewards.rules (names + weights)         reward_funcs (the same r1kit objects) + reward_weights
     torch.set_num_threads(--threads)        the same, in its own process
+    rollout.torch_threads (--sample-threads) (no TRL setting: r1kit's threads while sampling, within --threads)
 
 Usage: ``python benchmarks/vs_trl.py [--model tiny://deepseek_v3/arith --repeats 4 --threads 1 --json out.json]``.
 On a GPU, a few-hundred-million-parameter MoE from config, bf16 (rewards carry no signal with random weights)::
