@@ -4,6 +4,8 @@
   temperature / top-k / top-p, greedy), with left padding, shared prompts and rows finishing at different times.
 - its per-token log-probabilities vs the training forward's: equal within float tolerance.
 - ``shared_prompt_logprobs`` (each prompt run once) vs the padded forward: equal log-probabilities and gradients.
+- ``packed_logprobs`` (real tokens only, one row) vs the padded forward: the same, for every tiny family, with
+  uneven completion lengths and LoRA adapters (activation checkpointing falls back to the padded forward).
 - a whole trainer step with the fast paths vs one with the reference paths: the same metrics and parameters.
 
 Random-weight models: their next-token distributions are nearly flat, so any divergence in the random stream or
@@ -20,10 +22,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rl.config import load_recipe
-from rl.logprobs import completion_logprobs, shared_prompt_logprobs
+from rl.logprobs import can_pack, completion_logprobs, pack, shared_prompt_logprobs
 from rl.trainer import GRPOTrainer
 from rollouts.backends import TransformersBackend
-from rollouts.records import Prompt, to_tensors
+from rollouts.records import Completion, Prompt, to_tensors
 from rollouts.sampler import sample
 
 FAMILIES = ["qwen3_moe", "deepseek_v3"]
@@ -143,7 +145,7 @@ def test_shared_prompt_forward_equals_the_padded_forward(tiny_random_model_dir, 
     grads = []
     for share in (False, True):
         model.zero_grad()
-        logp_BT = completion_logprobs(model, seq, share_prompts=share)[0]
+        logp_BT = completion_logprobs(model, seq, share_prompts=share, pack=False)[0]
         (logp_BT * weights_BT).sum().backward()
         grads.append(
             (logp_BT.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
@@ -160,8 +162,83 @@ def test_shared_prompt_forward_declines_when_no_prompt_repeats(tiny_random_model
     model, tok = _load(tiny_random_model_dir("qwen3_moe"))
     seq = _rollout_tensors(model, tok, num_generations=1)
     assert shared_prompt_logprobs(model, seq) is None
-    logp_BT, out = completion_logprobs(model, seq)  # falls back to the padded forward
+    logp_BT, out = completion_logprobs(model, seq, pack=False)  # falls back to the padded forward
     assert out.logits.shape[0] == len(PROMPTS)
+
+
+def _uneven(seq, tok, lengths=(10, 3, 7, 1, 10, 5, 2, 9, 4, 10, 6, 8)):
+    """``seq`` with its completions cut to uneven lengths (random-weight models never stop on their own)."""
+    rows = []
+    for i, n in enumerate(lengths):
+        P = seq.prompt_len
+        prompt = seq.input_ids_BL[i, :P][seq.attention_mask_BL[i, :P].bool()].tolist()
+        rows.append(Completion(0, Prompt("p", ""), prompt, seq.completion_ids_BT[i, :n].tolist(), "", "length"))
+    return to_tensors(rows, tok.pad_token_id)
+
+
+def _logprobs_and_grads(model, seq, weights_BT, **kw):
+    model.zero_grad()
+    logp_BT = completion_logprobs(model, seq, **kw)[0]
+    (logp_BT * weights_BT).sum().backward()
+    return logp_BT.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_same(fast, ref):
+    (fast_BT, fast_g), (ref_BT, ref_g) = fast, ref
+    torch.testing.assert_close(fast_BT, ref_BT, atol=1e-5, rtol=0)
+    assert ref_g.keys() == fast_g.keys()
+    for n in ref_g:
+        torch.testing.assert_close(fast_g[n], ref_g[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3", "olmoe", "mixtral", "qwen2_moe"])
+def test_packed_forward_equals_the_padded_forward(tiny_random_model_dir, family):
+    model, tok = _load(tiny_random_model_dir(family))
+    assert can_pack(model)
+    model.train()
+    seq = _uneven(_rollout_tensors(model, tok), tok)
+    seq.completion_mask_BT[4] = 0  # a row dropped from the loss (DAPO overlong filtering): its tokens still attend
+    weights_BT = torch.randn(seq.completion_mask_BT.shape, generator=torch.Generator().manual_seed(2))
+    ref = _logprobs_and_grads(model, seq, weights_BT, share_prompts=False)
+    fast_BT, _ = fast = _logprobs_and_grads(model, seq, weights_BT)
+    _assert_same(fast, ref)
+    assert (fast_BT[seq.completion_mask_BT == 0] == 0).all()
+    real_completion_tokens = int(seq.attention_mask_BL[:, seq.prompt_len :].sum())  # row 4's too: out of the loss only
+    packed_tokens = pack(seq).input_ids_1N.shape[1]
+    assert packed_tokens == real_completion_tokens + sum(len(tok.encode(p)) for p in PROMPTS)  # each prompt once
+
+
+def test_packed_forward_with_lora_then_checkpointing_falls_back(tiny_random_model_dir):
+    from rl.config import ModelConfig
+    from rl.modeling import apply_lora
+
+    model, tok = _load(tiny_random_model_dir("deepseek_v3"))
+    seq = _uneven(_rollout_tensors(model, tok), tok)
+    model = apply_lora(model, ModelConfig())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
+    model.train()
+    weights_BT = torch.randn(seq.completion_mask_BT.shape, generator=torch.Generator().manual_seed(2))
+    ref = _logprobs_and_grads(model, seq, weights_BT, share_prompts=False)
+    _assert_same(_logprobs_and_grads(model, seq, weights_BT), ref)
+    # Checkpointing re-runs layers in backward, after the packed attention is deselected: padded forward then.
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    _assert_same(_logprobs_and_grads(model, seq, weights_BT), ref)
+    assert completion_logprobs(model, seq)[1].logits.shape[0] == seq.input_ids_BL.shape[0]
+
+
+def test_packing_declines_where_it_would_change_the_result(tiny_random_model_dir):
+    assert not can_pack(_load(tiny_random_model_dir("qwen3_moe"), attn_implementation="eager")[0])
+    model, tok = _load(tiny_random_model_dir("qwen3_moe"))
+    seq = _rollout_tensors(model, tok)
+    _, out = completion_logprobs(model, seq, output_router_logits=True)  # extra outputs: the padded forward
+    assert out.logits.shape[0] == seq.input_ids_BL.shape[0]
+    _, out = completion_logprobs(model, seq)
+    assert out.logits.shape[0] == 1  # one packed row
+    assert model.config._attn_implementation == "sdpa"  # restored
 
 
 REWARD = f"{Path(__file__).with_name('rewards_for_tests.py')}:digit_share"
