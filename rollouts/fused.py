@@ -24,7 +24,9 @@ Shapes: n live rows, H hidden size, h heads, d head dim, L cached positions, V v
 from __future__ import annotations
 
 import abc
+import functools
 import sys
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -92,19 +94,22 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def grouped_experts(experts: torch.nn.Module, h_nH: torch.Tensor, idx_nK: torch.Tensor, w_nK: torch.Tensor):
-    """transformers' ``grouped_mm`` experts forward (``integrations.moe``) for the plain layout (concatenated
-    gate/up, no bias, no expert parallelism), operator for operator; any other layout runs the module itself."""
-    plain = (
-        type(experts).__name__.endswith("Experts")  # not a peft wrapper (model.lora_target_experts)
+def plain_experts(experts: torch.nn.Module) -> bool:
+    """Whether ``grouped_experts`` reproduces this experts module: transformers' ``grouped_mm`` implementation with
+    concatenated gate/up weights, no bias, no expert parallelism, not wrapped by peft (``lora_target_experts``)."""
+    return (
+        type(experts).__name__.endswith("Experts")
         and not parametrize.is_parametrized(experts)
         and getattr(experts.config, "_experts_implementation", None) == "grouped_mm"
         and getattr(experts, "has_gate", False) and getattr(experts, "is_concatenated", False)
         and not getattr(experts, "is_transposed", True) and not getattr(experts, "has_bias", True)
         and not getattr(experts, "has_post_expert_norm", True) and not getattr(experts, "_is_expert_parallel", True)
     )  # fmt: skip
-    if not plain:
-        return experts(h_nH, idx_nK, w_nK)
+
+
+def grouped_experts(experts: torch.nn.Module, h_nH: torch.Tensor, idx_nK: torch.Tensor, w_nK: torch.Tensor):
+    """transformers' ``grouped_mm`` experts forward (``integrations.moe``) for ``plain_experts``, operator for
+    operator, without its per-call dispatch."""
     n, K = idx_nK.shape
     expert_S, perm_S = torch.sort(idx_nK.reshape(-1))  # S = n * K (token, expert) pairs, grouped by expert
     offsets = torch.bincount(expert_S, minlength=experts.num_experts).cumsum(0, dtype=torch.int32)
@@ -116,15 +121,29 @@ def grouped_experts(experts: torch.nn.Module, h_nH: torch.Tensor, idx_nK: torch.
     return unsorted_SH.view(n, K, -1).sum(dim=1).to(h_nH.dtype)
 
 
+def linear(module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``module`` as a function: ``F.linear`` on its weights for a plain ``nn.Linear`` (no module-call overhead),
+    the module itself otherwise (LoRA layers)."""
+    if type(module) is torch.nn.Linear:
+        return functools.partial(F.linear, weight=module.weight, bias=module.bias)
+    return module
+
+
 class FusedDecoder(abc.ABC):
     """The decode step common to the families: embed, rotary tables once, per layer ``x += attention(norm(x))``
-    and ``x += mlp(norm(x))``, final norm, LM head. Subclasses build the KV buffers and the attention."""
+    and ``x += mlp(norm(x))``, final norm, LM head. Subclasses build the KV buffers and the attention. What can be
+    decided once (which modules are plain, which weights to concatenate) is decided at construction: a decoder
+    lives for one ``sample`` call, during which the weights do not change."""
 
     model_class = ""  # the exact transformers class covered
 
     def __init__(self, model: torch.nn.Module, kv: KVBuffers) -> None:
         self.model, self.core, self.kv = model, model.model, kv
         self.attend = ALL_ATTENTION_FUNCTIONS[model.config._attn_implementation]
+        self.layers = list(self.core.layers)
+        self.mlps = [_mlp_fn(layer.mlp) for layer in self.layers]
+        self.norms = [(_norm(layer.input_layernorm), _norm(layer.post_attention_layernorm)) for layer in self.layers]
+        self.final_norm, self.lm_head = _norm(self.core.norm), linear(model.lm_head)
 
     def keep(self, idx_n: torch.Tensor) -> None:
         self.kv.keep(idx_n)
@@ -134,27 +153,41 @@ class FusedDecoder(abc.ABC):
         padding mask over the cached positions and this one (None: no padding)."""
         x = self.core.embed_tokens(tok_n[:, None])  # (n, 1, H)
         cos, sin = self.core.rotary_emb(x, pos_n[:, None])  # (n, 1, d)
-        for i, layer in enumerate(self.core.layers):
-            x = x + self.attention(i, layer.self_attn, rms_norm(x, layer.input_layernorm), cos, sin, mask_n11L)
-            x = x + mlp(layer.mlp, rms_norm(x, layer.post_attention_layernorm))
+        for i, layer in enumerate(self.layers):
+            (w1, eps1), (w2, eps2) = self.norms[i]
+            x = x + self.attention(i, layer.self_attn, _rms_norm(x, w1, eps1), cos, sin, mask_n11L)
+            x = x + self.mlps[i](_rms_norm(x, w2, eps2))
         self.kv.advance()
-        return self.model.lm_head(rms_norm(x, self.core.norm))[:, 0]
+        return self.lm_head(_rms_norm(x, *self.final_norm))[:, 0]
 
     @abc.abstractmethod
     def attention(self, i: int, attn, h_n1H, cos, sin, mask_n11L) -> torch.Tensor:
         """Layer ``i``'s attention output (n, 1, H) for the normed hidden state; writes its keys and values."""
 
 
-def mlp(block: torch.nn.Module, h_n1H: torch.Tensor) -> torch.Tensor:
-    """The layer's MLP: a sparse MoE block (router module, ``grouped_experts``, shared experts if any) or a dense
-    MLP module, summed in the model's order."""
+def _norm(norm: torch.nn.Module) -> tuple[torch.Tensor, float]:
+    return norm.weight, norm.variance_epsilon
+
+
+def _mlp_fn(block: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The layer's MLP as a function of the normed hidden state (n, 1, H): a sparse MoE block (router module,
+    experts, shared experts if any, summed in the model's order) or the dense MLP module itself."""
     if not hasattr(block, "experts"):
-        return block(h_n1H)
-    n, _, H = h_n1H.shape
-    _, w_nK, idx_nK = block.gate(h_n1H)
-    out = grouped_experts(block.experts, h_n1H.view(n, H), idx_nK, w_nK).view(n, 1, H)
-    shared = getattr(block, "shared_experts", None)
-    return out if shared is None else out + shared(h_n1H)
+        return block
+    experts, shared = block.experts, getattr(block, "shared_experts", None)
+    run_experts = functools.partial(grouped_experts, experts) if plain_experts(experts) else experts
+
+    def moe(h_n1H: torch.Tensor) -> torch.Tensor:
+        n, _, H = h_n1H.shape
+        _, w_nK, idx_nK = block.gate(h_n1H)
+        out = run_experts(h_n1H.view(n, H), idx_nK, w_nK).view(n, 1, H)
+        return out if shared is None else out + shared(h_n1H)
+
+    return moe
+
+
+# concatenated q/k/v weight and bias, stacked q/k norm weights, norm eps, query heads, key/value heads
+FusedQKV = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, float, int, int]
 
 
 @FUSED_DECODERS.register("qwen3_moe")
@@ -168,10 +201,12 @@ class Qwen3MoeDecoder(FusedDecoder):
 
     def __init__(self, model: torch.nn.Module, cache: DynamicCache, capacity: int) -> None:
         super().__init__(model, KVBuffers.from_cache(cache, capacity))
-        self.qkv = [self._fuse_qkv(layer.self_attn) for layer in self.core.layers]
+        self.qkv = [self._fuse_qkv(layer.self_attn) for layer in self.layers]
+        self.o_proj = [linear(layer.self_attn.o_proj) for layer in self.layers]
+        self.head_dim, self.scaling = self.layers[0].self_attn.head_dim, self.layers[0].self_attn.scaling
 
     @staticmethod
-    def _fuse_qkv(attn: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int, int] | None:
+    def _fuse_qkv(attn: torch.nn.Module) -> FusedQKV | None:
         """Concatenated q/k/v weights and stacked q/k norm weights; None when a projection is not a plain
         ``nn.Linear`` (LoRA adapters, quantised layers): those layers call the modules."""
         projs = (attn.q_proj, attn.k_proj, attn.v_proj)
@@ -182,10 +217,12 @@ class Qwen3MoeDecoder(FusedDecoder):
         d = attn.head_dim
         hq, hkv = attn.q_proj.out_features // d, attn.k_proj.out_features // d
         norm = torch.cat([attn.q_norm.weight.expand(hq, d), attn.k_norm.weight.expand(hkv, d)])  # (hq + hkv, d)
-        return weight, bias, norm, hq, hkv
+        if attn.q_norm.variance_epsilon != attn.k_norm.variance_epsilon:
+            return None
+        return weight, bias, norm, attn.q_norm.variance_epsilon, hq, hkv
 
     def attention(self, i, attn, h_n1H, cos, sin, mask_n11L):
-        n, d = h_n1H.shape[0], attn.head_dim
+        n, d = h_n1H.shape[0], self.head_dim
         cos, sin = cos[:, None], sin[:, None]  # over heads
         if self.qkv[i] is None:
             q = rms_norm(attn.q_proj(h_n1H).view(n, 1, -1, d), attn.q_norm).transpose(1, 2)
@@ -193,15 +230,15 @@ class Qwen3MoeDecoder(FusedDecoder):
             q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
             v = attn.v_proj(h_n1H).view(n, -1, d)
         else:
-            w_qkv, b_qkv, w_norm, hq, hkv = self.qkv[i]
+            w_qkv, b_qkv, w_norm, eps, hq, hkv = self.qkv[i]
             qkv = F.linear(h_n1H, w_qkv, b_qkv)
-            qk = _rms_norm(qkv[..., : (hq + hkv) * d].view(n, 1, hq + hkv, d), w_norm, attn.q_norm.variance_epsilon)
+            qk = _rms_norm(qkv[..., : (hq + hkv) * d].view(n, 1, hq + hkv, d), w_norm, eps)
             qk = qk.transpose(1, 2)  # (n, hq + hkv, 1, d)
             qk = qk * cos + rotate_half(qk) * sin
             q, k, v = qk[:, :hq], qk[:, hq:], qkv[..., (hq + hkv) * d :].view(n, hkv, d)
         keys, values = self.kv.write(i, k[:, :, 0], v)
-        o, _ = self.attend(attn, q, keys, values, mask_n11L, dropout=0.0, scaling=attn.scaling, sliding_window=None)
-        return attn.o_proj(o.reshape(n, 1, -1))
+        o, _ = self.attend(attn, q, keys, values, mask_n11L, dropout=0.0, scaling=self.scaling, sliding_window=None)
+        return self.o_proj[i](o.reshape(n, 1, -1))
 
 
 @FUSED_DECODERS.register("deepseek_v3")
@@ -221,21 +258,25 @@ class DeepseekV3Decoder(FusedDecoder):
         self.rotate = (
             modeling.apply_rotary_pos_emb_interleave if model.config.rope_interleave else modeling.apply_rotary_pos_emb
         )
+        self.proj = [
+            (linear(a.q_proj) if a.q_lora_rank is None else None, linear(a.kv_a_proj_with_mqa), linear(a.o_proj))
+            for a in (layer.self_attn for layer in self.layers)
+        ]
 
     def attention(self, i, attn, h_n1H, cos, sin, mask_n11L):
         n = h_n1H.shape[0]
-        q = attn.q_proj(h_n1H) if attn.q_lora_rank is None else attn.q_b_proj(
-            rms_norm(attn.q_a_proj(h_n1H), attn.q_a_layernorm))  # fmt: skip
+        q_proj, kv_a_proj, o_proj = self.proj[i]
+        q = q_proj(h_n1H) if q_proj is not None else attn.q_b_proj(rms_norm(attn.q_a_proj(h_n1H), attn.q_a_layernorm))
         q = q.view(n, 1, -1, attn.qk_head_dim).transpose(1, 2)
         q_pass, q_rot = torch.split(q, [attn.qk_nope_head_dim, attn.qk_rope_head_dim], dim=-1)
-        kv_nope, k_rot = torch.split(attn.kv_a_proj_with_mqa(h_n1H), [attn.kv_lora_rank, attn.qk_rope_head_dim], -1)
+        kv_nope, k_rot = torch.split(kv_a_proj(h_n1H), [attn.kv_lora_rank, attn.qk_rope_head_dim], -1)
         kv_nope = rms_norm(kv_nope, attn.kv_a_layernorm).view(n, 1, 1, attn.kv_lora_rank)
         q_rot, k_rot = self.rotate(q_rot, k_rot.view(n, 1, 1, attn.qk_rope_head_dim), cos, sin)
         k_new, v_new = attn.expand_kv(kv_nope, k_rot)
         keys, values = self.kv.write(i, k_new[:, :, 0], v_new[:, :, 0])
         query = torch.cat((q_pass, q_rot), dim=-1)
         o, _ = self.attend(attn, query, keys, values, mask_n11L, dropout=0.0, scaling=attn.scaling)
-        return attn.o_proj(o.reshape(n, 1, -1))
+        return o_proj(o.reshape(n, 1, -1))
 
 
 def fused_decoder(model: torch.nn.Module, cache: DynamicCache, capacity: int) -> FusedDecoder | None:
