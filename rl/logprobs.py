@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import torch
 from transformers import AttentionInterface, DynamicCache
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from rollouts.records import SequenceTensors
 
@@ -200,19 +199,18 @@ def packed_logprobs(model: torch.nn.Module, seq: SequenceTensors, *, temperature
 
 def packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """Attention over a packed row (``Packing``): gather the prompts into right-padded blocks (causal), the
-    completions into blocks that see their prompt's keys then their own (causal), run transformers' sdpa on each,
-    scatter the outputs back to packed order. Registered as the ``r1kit_packed`` attention implementation."""
+    completions into blocks that see their prompt's keys then their own (causal), run sdpa on each, scatter the
+    outputs back to packed order. Registered as the ``r1kit_packed`` attention implementation."""
     packing: Packing | None = kwargs.get("r1kit_packing")
     if packing is None:
         raise RuntimeError(f"{type(module).__name__} did not pass r1kit_packing to its attention function")
-    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
     q_N, k_N, v_N = (_with_zero_row(x) for x in (query, key, value))  # (N + 1, heads, dim)
     p, c = packing.prompt_idx_UP, packing.comp_idx_BT
     Pm, Tm = p.shape[1], c.shape[1]
     q_p, k_p, v_p = (x[p].transpose(1, 2) for x in (q_N, k_N, v_N))  # (U, heads, Pm, dim)
     causal_P = torch.ones(Pm, Pm, dtype=torch.bool, device=p.device).tril()
     mask_p = causal_P & packing.prompt_valid_UP[:, None, None, :]
-    out_p, _ = sdpa(module, q_p, k_p, v_p, mask_p, dropout=dropout, scaling=scaling)  # (U, Pm, heads, dim)
+    out_p = _sdpa(q_p, k_p, v_p, mask_p, dropout, scaling)  # (U, Pm, heads, dim)
     k_c = torch.cat([k_p[packing.prompt_B], k_N[c].transpose(1, 2)], dim=2)  # (B, heads, Pm + Tm, dim)
     v_c = torch.cat([v_p[packing.prompt_B], v_N[c].transpose(1, 2)], dim=2)
     causal_T = torch.ones(Tm, Tm, dtype=torch.bool, device=c.device).tril()
@@ -220,8 +218,18 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=
         packing.prompt_valid_UP[packing.prompt_B][:, None, None, :].expand(-1, 1, Tm, Pm),
         causal_T & packing.comp_valid_BT[:, None, None, :],
     ], dim=-1)  # fmt: skip
-    out_c, _ = sdpa(module, q_N[c].transpose(1, 2), k_c, v_c, mask_c, dropout=dropout, scaling=scaling)
+    out_c = _sdpa(q_N[c].transpose(1, 2), k_c, v_c, mask_c, dropout, scaling)
     return torch.cat([out_p[packing.prompt_valid_UP], out_c[packing.comp_valid_BT]])[None], None
+
+
+def _sdpa(q_bhLd, k_bhLd, v_bhLd, mask_b1LL, dropout: float, scaling: float | None) -> torch.Tensor:
+    """transformers' sdpa attention for a boolean mask (output (b, L, heads, dim)), with grouped-query attention
+    done by the kernel (``enable_gqa``) instead of repeating keys and values: ~20% less forward + backward."""
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q_bhLd, k_bhLd, v_bhLd, attn_mask=mask_b1LL, dropout_p=dropout, scale=scaling,
+        enable_gqa=q_bhLd.shape[1] != k_bhLd.shape[1],
+    )  # fmt: skip
+    return out.transpose(1, 2)
 
 
 def _with_zero_row(x_1hNd: torch.Tensor) -> torch.Tensor:

@@ -317,9 +317,8 @@ class GRPOTrainer:
                     for k, v in m.items():
                         sums[k] += v.item() * float(share)
                     if on_policy:
-                        for i, r in enumerate(rows.tolist()):
-                            n = batch.completions[r].num_tokens
-                            batch.completions[r].logprobs = logp_BT[i, :n].detach().cpu().tolist()
+                        for r, logp_T in zip(rows.tolist(), logp_BT.detach().cpu().tolist(), strict=True):
+                            batch.completions[r].logprobs = logp_T[: batch.completions[r].num_tokens]
                 max_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
                 norm = self.dist.accelerator.clip_grad_norm_(self.params, max_norm)  # None: DeepSpeed clips itself
                 sums["grad_norm"] += math.nan if norm is None else float(norm)

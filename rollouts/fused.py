@@ -7,9 +7,9 @@ concatenates each layer's keys and values every step (a copy of the whole cache,
 and 32 rows). A fused step computes the same thing as the model's forward for one query token per row:
 
 * keys and values live in preallocated buffers (``KVBuffers``) and a step writes one position in place;
-* the decoder layers are unrolled here: norms, projections, rotary embedding and the KV write inline, the
-  attention through the model's own attention function, the MLP / MoE block (router and experts) through the
-  model's own module, so routing is exactly the model's and its router hooks still fire;
+* the decoder layers are unrolled here: norms, projections, rotary embedding, the KV write and the sdpa call
+  (as transformers' sdpa attention makes it for one query token) inline; the router through the model's own
+  module, so routing is exactly the model's and its router hooks still fire;
 * the rotary tables and the decode mask are built once per step, not once per layer.
 
 Results are those of the model's forward: the same operators in the same order on the same tensors (tested:
@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 from transformers import DynamicCache
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from rl.registry import Registry
 
@@ -121,6 +120,19 @@ def grouped_experts(experts: torch.nn.Module, h_nH: torch.Tensor, idx_nK: torch.
     return unsorted_SH.view(n, K, -1).sum(dim=1).to(h_nH.dtype)
 
 
+def decode_attention(q_nh1d, k_nhLd, v_nhLd, mask_n11L, scaling: float) -> torch.Tensor:
+    """transformers' sdpa attention for one query token per row (output (n, 1, heads, dv)), the same kernel call:
+    grouped-query heads folded into the query length under a padding mask (its ``pack_gqa``), the kernel's own
+    ``enable_gqa`` without one."""
+    n, h, _, d = q_nh1d.shape
+    hkv = k_nhLd.shape[1]
+    if h != hkv and mask_n11L is not None:
+        q_nh1d = q_nh1d.reshape(n, hkv, h // hkv, d)
+    out = F.scaled_dot_product_attention(q_nh1d, k_nhLd, v_nhLd, attn_mask=mask_n11L, scale=scaling,
+                                         enable_gqa=h != hkv and mask_n11L is None)  # fmt: skip
+    return out.reshape(n, h, 1, -1).transpose(1, 2)
+
+
 def linear(module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """``module`` as a function: ``F.linear`` on its weights for a plain ``nn.Linear`` (no module-call overhead),
     the module itself otherwise (LoRA layers)."""
@@ -139,7 +151,6 @@ class FusedDecoder(abc.ABC):
 
     def __init__(self, model: torch.nn.Module, kv: KVBuffers) -> None:
         self.model, self.core, self.kv = model, model.model, kv
-        self.attend = ALL_ATTENTION_FUNCTIONS[model.config._attn_implementation]
         self.layers = list(self.core.layers)
         self.mlps = [_mlp_fn(layer.mlp) for layer in self.layers]
         self.norms = [(_norm(layer.input_layernorm), _norm(layer.post_attention_layernorm)) for layer in self.layers]
@@ -237,7 +248,7 @@ class Qwen3MoeDecoder(FusedDecoder):
             qk = qk * cos + rotate_half(qk) * sin
             q, k, v = qk[:, :hq], qk[:, hq:], qkv[..., (hq + hkv) * d :].view(n, hkv, d)
         keys, values = self.kv.write(i, k[:, :, 0], v)
-        o, _ = self.attend(attn, q, keys, values, mask_n11L, dropout=0.0, scaling=self.scaling, sliding_window=None)
+        o = decode_attention(q, keys, values, mask_n11L, self.scaling)
         return self.o_proj[i](o.reshape(n, 1, -1))
 
 
@@ -275,7 +286,7 @@ class DeepseekV3Decoder(FusedDecoder):
         k_new, v_new = attn.expand_kv(kv_nope, k_rot)
         keys, values = self.kv.write(i, k_new[:, :, 0], v_new[:, :, 0])
         query = torch.cat((q_pass, q_rot), dim=-1)
-        o, _ = self.attend(attn, query, keys, values, mask_n11L, dropout=0.0, scaling=attn.scaling)
+        o = decode_attention(query, keys, values, mask_n11L, attn.scaling)
         return o_proj(o.reshape(n, 1, -1))
 
 
