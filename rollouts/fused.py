@@ -88,9 +88,15 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
     return weight * h.to(x.dtype)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """``x * cos + rotate_half(x) * sin`` (transformers' RoPE) in fewer operators: ``rotate_half(x) = cat(-x2, x1)``
+    is ``roll(x, d/2)`` with the sign moved onto ``sin`` (``signed_sin``), exactly, as ``-a * b == a * -b``."""
+    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * sin_signed
+
+
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
 
 
 def plain_experts(experts: torch.nn.Module) -> bool:
@@ -106,18 +112,41 @@ def plain_experts(experts: torch.nn.Module) -> bool:
     )  # fmt: skip
 
 
-def grouped_experts(experts: torch.nn.Module, h_nH: torch.Tensor, idx_nK: torch.Tensor, w_nK: torch.Tensor):
+def grouped_experts(experts: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """transformers' ``grouped_mm`` experts forward (``integrations.moe``) for ``plain_experts``, operator for
-    operator, without its per-call dispatch."""
-    n, K = idx_nK.shape
-    expert_S, perm_S = torch.sort(idx_nK.reshape(-1))  # S = n * K (token, expert) pairs, grouped by expert
-    offsets = torch.bincount(expert_S, minlength=experts.num_experts).cumsum(0, dtype=torch.int32)
-    gate, up = F.grouped_mm(h_nH[perm_S // K], experts.gate_up_proj.transpose(-2, -1), offs=offsets).chunk(2, -1)
-    out_SH = F.grouped_mm(experts.act_fn(gate) * up, experts.down_proj.transpose(-2, -1), offs=offsets)
-    out_SH = out_SH * w_nK.reshape(-1)[perm_S].unsqueeze(-1)
-    unsorted_SH = torch.empty_like(out_SH)
-    unsorted_SH[perm_S] = out_SH
-    return unsorted_SH.view(n, K, -1).sum(dim=1).to(h_nH.dtype)
+    operator, without its per-call dispatch: ``(h_nH, idx_nK, w_nK) -> out_nH``."""
+    num_experts = experts.num_experts
+    gate_up_EHI, down_EIH = experts.gate_up_proj.transpose(-2, -1), experts.down_proj.transpose(-2, -1)
+    act = F.silu if type(experts.act_fn).__name__ == "SiLUActivation" else experts.act_fn
+
+    def run(h_nH: torch.Tensor, idx_nK: torch.Tensor, w_nK: torch.Tensor) -> torch.Tensor:
+        n, K = idx_nK.shape
+        expert_S, perm_S = torch.sort(idx_nK.reshape(-1))  # S = n * K (token, expert) pairs, grouped by expert
+        offsets = torch.bincount(expert_S, minlength=num_experts).cumsum(0, dtype=torch.int32)
+        gate, up = F.grouped_mm(h_nH[perm_S // K], gate_up_EHI, offs=offsets).chunk(2, -1)
+        out_SH = F.grouped_mm(act(gate) * up, down_EIH, offs=offsets) * w_nK.reshape(-1)[perm_S].unsqueeze(-1)
+        unsorted_SH = torch.empty_like(out_SH)
+        unsorted_SH[perm_S] = out_SH
+        return unsorted_SH.view(n, K, -1).sum(dim=1).to(h_nH.dtype)  # router weights may be float32
+
+    return run
+
+
+def qwen3_router(gate: torch.nn.Module) -> Callable[[torch.Tensor], tuple[None, torch.Tensor, torch.Tensor]]:
+    """``Qwen3MoeTopKRouter.forward`` (softmax, top-k, optional renormalisation), operator for operator, without the
+    module call; any other router runs as its module. The first output (router logits) is not needed here."""
+    if type(gate).__name__ != "Qwen3MoeTopKRouter":
+        return gate
+    weight, top_k, renorm = gate.weight, gate.top_k, gate.norm_topk_prob
+
+    def route(h_nH: torch.Tensor) -> tuple[None, torch.Tensor, torch.Tensor]:
+        logits = F.linear(h_nH, weight)
+        w_nK, idx_nK = torch.topk(F.softmax(logits, dtype=torch.float, dim=-1), top_k, dim=-1)
+        if renorm:
+            w_nK /= w_nK.sum(dim=-1, keepdim=True)
+        return None, w_nK.to(logits.dtype), idx_nK
+
+    return route
 
 
 def decode_attention(q_nh1d, k_nhLd, v_nhLd, mask_n11L, scaling: float) -> torch.Tensor:
@@ -163,13 +192,17 @@ class FusedDecoder(abc.ABC):
         """Logits (n, V) of the next token after ``tok_n`` at positions ``pos_n``; ``mask_n11L`` is the boolean
         padding mask over the cached positions and this one (None: no padding)."""
         x = self.core.embed_tokens(tok_n[:, None])  # (n, 1, H)
-        cos, sin = self.core.rotary_emb(x, pos_n[:, None])  # (n, 1, d)
+        cos, sin = self.rotary_tables(*self.core.rotary_emb(x, pos_n[:, None]))  # from (n, 1, d) each
         for i, layer in enumerate(self.layers):
             (w1, eps1), (w2, eps2) = self.norms[i]
             x = x + self.attention(i, layer.self_attn, _rms_norm(x, w1, eps1), cos, sin, mask_n11L)
             x = x + self.mlps[i](_rms_norm(x, w2, eps2))
         self.kv.advance()
         return self.lm_head(_rms_norm(x, *self.final_norm))[:, 0]
+
+    def rotary_tables(self, cos_n1d: torch.Tensor, sin_n1d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The RoPE tables as this family's ``attention`` takes them, made once per step."""
+        return cos_n1d, sin_n1d
 
     @abc.abstractmethod
     def attention(self, i: int, attn, h_n1H, cos, sin, mask_n11L) -> torch.Tensor:
@@ -186,11 +219,12 @@ def _mlp_fn(block: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     if not hasattr(block, "experts"):
         return block
     experts, shared = block.experts, getattr(block, "shared_experts", None)
-    run_experts = functools.partial(grouped_experts, experts) if plain_experts(experts) else experts
+    run_experts = grouped_experts(experts) if plain_experts(experts) else experts
+    route = qwen3_router(block.gate)
 
     def moe(h_n1H: torch.Tensor) -> torch.Tensor:
         n, _, H = h_n1H.shape
-        _, w_nK, idx_nK = block.gate(h_n1H)
+        _, w_nK, idx_nK = route(h_n1H.view(n, H))
         out = run_experts(h_n1H.view(n, H), idx_nK, w_nK).view(n, 1, H)
         return out if shared is None else out + shared(h_n1H)
 
@@ -216,6 +250,9 @@ class Qwen3MoeDecoder(FusedDecoder):
         self.o_proj = [linear(layer.self_attn.o_proj) for layer in self.layers]
         self.head_dim, self.scaling = self.layers[0].self_attn.head_dim, self.layers[0].self_attn.scaling
 
+    def rotary_tables(self, cos_n1d, sin_n1d):
+        return cos_n1d[:, None], signed_sin(sin_n1d)[:, None]  # (n, 1, 1, d): over heads; for ``rope``
+
     @staticmethod
     def _fuse_qkv(attn: torch.nn.Module) -> FusedQKV | None:
         """Concatenated q/k/v weights and stacked q/k norm weights; None when a projection is not a plain
@@ -234,18 +271,17 @@ class Qwen3MoeDecoder(FusedDecoder):
 
     def attention(self, i, attn, h_n1H, cos, sin, mask_n11L):
         n, d = h_n1H.shape[0], self.head_dim
-        cos, sin = cos[:, None], sin[:, None]  # over heads
         if self.qkv[i] is None:
             q = rms_norm(attn.q_proj(h_n1H).view(n, 1, -1, d), attn.q_norm).transpose(1, 2)
             k = rms_norm(attn.k_proj(h_n1H).view(n, 1, -1, d), attn.k_norm).transpose(1, 2)
-            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+            q, k = rope(q, cos, sin), rope(k, cos, sin)
             v = attn.v_proj(h_n1H).view(n, -1, d)
         else:
             w_qkv, b_qkv, w_norm, eps, hq, hkv = self.qkv[i]
             qkv = F.linear(h_n1H, w_qkv, b_qkv)
             qk = _rms_norm(qkv[..., : (hq + hkv) * d].view(n, 1, hq + hkv, d), w_norm, eps)
             qk = qk.transpose(1, 2)  # (n, hq + hkv, 1, d)
-            qk = qk * cos + rotate_half(qk) * sin
+            qk = rope(qk, cos, sin)
             q, k, v = qk[:, :hq], qk[:, hq:], qkv[..., (hq + hkv) * d :].view(n, hkv, d)
         keys, values = self.kv.write(i, k[:, :, 0], v)
         o = decode_attention(q, keys, values, mask_n11L, self.scaling)
