@@ -8,12 +8,15 @@ and 32 rows). A fused step computes the same thing as the model's forward for on
 
 * keys and values live in preallocated buffers (``KVBuffers``) and a step writes one position in place;
 * the decoder layers are unrolled here: norms, projections, rotary embedding, the KV write and the sdpa call
-  (as transformers' sdpa attention makes it for one query token) inline; the router through the model's own
-  module, so routing is exactly the model's and its router hooks still fire;
+  (as transformers' sdpa attention makes it for one query token) inline; Qwen3-MoE's router and the grouped
+  experts operator for operator as transformers computes them, other routers, experts and any LoRA layer through
+  their own modules;
 * the rotary tables and the decode mask are built once per step, not once per layer.
 
-Results are those of the model's forward: the same operators in the same order on the same tensors (tested:
-equal logits, and the same tokens as ``model.generate`` under the same seed, ``tests/test_fused_decode.py``).
+Results are those of the model's forward: the same arithmetic on the same tensors (tested: equal logits - bit for
+bit on the machines we run - and the same tokens as ``model.generate`` under the same seed,
+``tests/test_fused_decode.py``, ``tests/test_perf_equivalence.py``). Forward hooks are skipped, so a model with
+any hook declines, except r1kit's router hooks, which do nothing while sampling (``IDLE_WHEN_SAMPLING``).
 ``fused_decoder`` returns None for anything it does not cover - another family, non-sdpa attention, sliding
 windows, foreign forward hooks, a device other than CPU (not measured there yet) - and the sampler then calls
 the model's forward as before. LoRA adapters (peft) are covered: their layers are called as modules.
@@ -214,8 +217,9 @@ def _norm(norm: torch.nn.Module) -> tuple[torch.Tensor, float]:
 
 
 def _mlp_fn(block: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The layer's MLP as a function of the normed hidden state (n, 1, H): a sparse MoE block (router module,
-    experts, shared experts if any, summed in the model's order) or the dense MLP module itself."""
+    """The layer's MLP as a function of the normed hidden state (n, 1, H): a sparse MoE block (router, experts,
+    shared experts if any, summed in the model's order; ``qwen3_router`` / ``grouped_experts`` where they apply,
+    the modules otherwise) or the dense MLP module itself."""
     if not hasattr(block, "experts"):
         return block
     experts, shared = block.experts, getattr(block, "shared_experts", None)
