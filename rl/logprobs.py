@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from transformers import AttentionInterface, DynamicCache
 
+from rollouts.fused import full_sdpa_attention
 from rollouts.records import SequenceTensors
 
 PACKED = "r1kit_packed"  # the attention implementation name registered below
@@ -134,7 +135,7 @@ class Packing:
     """Where each real token of a batch goes in the packed row, and back.
 
     Packed order: the U distinct prompts' real tokens (prompt 0 first), then the B completions' real tokens
-    (row 0 first); N tokens in all, ``n_prompt`` of them prompts. ``prompt_idx_UP`` / ``comp_idx_BT`` index the
+    (row 0 first); N tokens in all. ``prompt_idx_UP`` / ``comp_idx_BT`` index the
     packed row for each (sequence, position) of the right-padded per-sequence blocks attention works on; padding
     points at index N (a zero row appended there). ``prompt_B``: each completion's prompt.
     """
@@ -242,15 +243,10 @@ AttentionInterface.register(PACKED, packed_sdpa)
 
 
 def can_pack(model: torch.nn.Module) -> bool:
-    """Whether the packed layout computes what the padded one does: sdpa attention in full-attention layers (the
-    blocks ``packed_sdpa`` builds have no sliding windows)."""
+    """Whether the packed layout computes what the padded one does: sdpa attention over all earlier positions in
+    every layer (the blocks ``packed_sdpa`` builds have no sliding windows or chunks)."""
     configs = _configs(model)
-    return bool(configs) and all(
-        getattr(c, "_attn_implementation", None) == "sdpa"
-        and not getattr(c, "sliding_window", None)
-        and all(t == "full_attention" for t in (getattr(c, "layer_types", None) or []))
-        for c in configs
-    )
+    return bool(configs) and all(full_sdpa_attention(c) for c in configs)
 
 
 @contextlib.contextmanager

@@ -80,7 +80,7 @@ def _with_room(x_nhLd: torch.Tensor, capacity: int) -> torch.Tensor:
 
 def rms_norm(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
     """The transformers RMSNorm (Llama/Qwen/DeepSeek form), casts included."""
-    return _rms_norm(x, norm.weight, norm.variance_epsilon)
+    return _rms_norm(x, *_norm(norm))
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -344,6 +344,19 @@ def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def full_sdpa_attention(config) -> bool:
+    """Whether every layer of a model with this (text) config runs sdpa attention over all earlier positions: no
+    eager (additive float masks) or flash attention, no sliding windows or chunks. The fused decode step, the
+    sampler's ready-made decode mask and the packed training forward all build masks that assume it."""
+    layer_types = getattr(config, "layer_types", None) or []
+    return (
+        getattr(config, "_attn_implementation", None) == "sdpa"
+        and all(t == "full_attention" for t in layer_types)
+        and not getattr(config, "sliding_window", None)
+        and not getattr(config, "attention_chunk_size", None)
+    )
+
+
 def unsupported(model: torch.nn.Module) -> str | None:
     """Why ``model`` cannot use a fused decode step as it is (None: it can). LoRA adapters are fine: the fused
     step calls every projection module except plain ``nn.Linear`` ones it concatenates."""
@@ -359,11 +372,9 @@ def unsupported(model: torch.nn.Module) -> str | None:
         return f"fused decoding is measured on CPU only (model on {device.type})"
     if model.training or base.training:
         return "the model is in training mode (dropout)"
-    if getattr(config, "_attn_implementation", None) != "sdpa":
-        return f"attention implementation {config._attn_implementation!r} is not sdpa"
-    layer_types = getattr(config, "layer_types", None) or []
-    if getattr(config, "sliding_window", None) or any(t != "full_attention" for t in layer_types):
-        return "sliding-window attention"
+    if not full_sdpa_attention(config):
+        impl = getattr(config, "_attn_implementation", None)
+        return f"attention is not sdpa over every position of every layer ({impl!r}; sliding windows or chunks)"
     for name, module in model.named_modules():
         if "RMSNorm" in type(module).__name__ and not hasattr(module, "variance_epsilon"):
             return f"{name} is an RMSNorm of another form ({type(module).__name__})"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from rollouts.fused import fused_decoder
+from rollouts.fused import full_sdpa_attention, fused_decoder
 
 
 @dataclass
@@ -145,13 +145,8 @@ def _can_pass_decode_mask(model: torch.nn.Module) -> bool:
     """Whether a 4-D boolean padding mask is exactly the mask the model would build for a one-token query: sdpa
     attention (eager wants an additive float mask, flash attention none) and full attention in every layer (no
     sliding windows or chunks, whose masks also cut old positions)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    layer_types = getattr(config, "layer_types", None) or []
-    return (
-        getattr(config, "_attn_implementation", None) == "sdpa"
-        and all(t == "full_attention" for t in layer_types)
-        and not getattr(config, "sliding_window", None)
-        and not getattr(config, "attention_chunk_size", None)
+    return full_sdpa_attention(
+        model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     )
 
 

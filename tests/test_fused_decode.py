@@ -19,7 +19,7 @@ from rl.config import ModelConfig, MoEConfig, RolloutConfig
 from rl.modeling import apply_lora
 from rl.moe.control import attach_router_control
 from rollouts.backends import torch_threads
-from rollouts.fused import KVBuffers, fused_decoder, unsupported
+from rollouts.fused import KVBuffers, fused_decoder, rope, signed_sin, unsupported
 
 PROMPTS = ["Q: 1+2\nA:", "Q: 9+9+9+9+9\nA:", "Q: 4+4+1\nA:"]  # different lengths: left padding
 
@@ -116,6 +116,14 @@ def test_fused_step_in_bfloat16(tiny_random_model_dir, family):
         got = decoder.step(tok_n, pos_n, attn_nL[:, None, None, :])
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), ref.float(), atol=2e-2, rtol=0)
+
+
+def test_rope_as_roll_with_signed_sin_by_hand():
+    # x * cos + rotate_half(x) * sin with rotate_half([1, 2, 3, 4]) = [-3, -4, 1, 2]:
+    # [0.5, 1, 1.5, 2] + [-30, -80, 10, 40] = [-29.5, -79, 11.5, 42]
+    x, cos, sin = torch.tensor([1.0, 2, 3, 4]), torch.full((4,), 0.5), torch.tensor([10.0, 20, 10, 20])
+    assert signed_sin(sin).tolist() == [-10, -20, 10, 20]
+    assert rope(x, cos, signed_sin(sin)).tolist() == [-29.5, -79, 11.5, 42]
 
 
 def test_kv_buffers_write_in_place_and_keep_rows():

@@ -230,6 +230,25 @@ def test_packed_forward_with_lora_then_checkpointing_falls_back(tiny_random_mode
     assert completion_logprobs(model, seq)[1].logits.shape[0] == seq.input_ids_BL.shape[0]
 
 
+def test_packing_indices_by_hand():
+    # Two rows sharing prompt [5, 6] (row 1's prompt left-padded: one row has a 1-token prompt [4]); completions
+    # [7, 8], [9] and [3, 2]. Packed row: prompts [5, 6] then [4], then completions 7 8 | 9 | 3 2.
+    p = Prompt("p", "")
+    seq = to_tensors([Completion(0, p, [5, 6], [7, 8], "", "eos"), Completion(0, p, [5, 6], [9], "", "eos"),
+                      Completion(1, p, [4], [3, 2], "", "eos")], pad_id=0)  # fmt: skip
+    k = pack(seq)
+    order = k.input_ids_1N[0].tolist()  # torch.unique sorts prompts by (ids, mask): [0, 4] before [5, 6]
+    assert order == [4, 5, 6, 7, 8, 9, 3, 2]
+    assert k.position_ids_1N[0].tolist() == [0, 0, 1, 2, 3, 2, 1, 2]
+    assert k.prompt_B.tolist() == [1, 1, 0]
+    assert k.prompt_idx_UP.tolist() == [[0, 8], [1, 2]] and k.prompt_valid_UP.tolist() == [[True, False], [True, True]]
+    assert k.comp_idx_BT.tolist() == [[3, 4], [5, 8], [6, 7]]
+    # logits kept: the last token of each prompt (packed 0 and 2), then every completion token (3..7)
+    assert k.keep_K.tolist() == [0, 2, 3, 4, 5, 6, 7]
+    # token 0 is predicted by its prompt's last token (kept index = prompt id), token t by completion token t - 1
+    assert k.pred_BT.tolist() == [[1, 2], [1, 4], [0, 5]]  # row 1's t = 1 is padding: any index, masked out
+
+
 def test_packing_declines_where_it_would_change_the_result(tiny_random_model_dir):
     assert not can_pack(_load(tiny_random_model_dir("qwen3_moe"), attn_implementation="eager")[0])
     model, tok = _load(tiny_random_model_dir("qwen3_moe"))
