@@ -6,7 +6,8 @@ scorer and as a TRL ``reward_funcs`` entry. Completions may be strings or TRL's 
 them with ``RewardSpec.kwargs``); the only dataset column any of them needs is ``answer`` (``cosine_length``).
 
 Lengths (``overlong_penalty``, ``cosine_length``) are counted in tokens when a ``completion_ids`` keyword is passed
-(TRL passes one list of token ids per completion), otherwise in characters: set the limits in the same unit.
+(r1kit's trainer and TRL's both pass one list of token ids per completion, so in training the limits are tokens, the
+unit of ``rollout.max_new_tokens``), otherwise (a direct call, ``rollouts.rescore``) in characters.
 """
 
 from __future__ import annotations

@@ -1,22 +1,41 @@
 """Binding rewards named in a recipe to a dataset, and scoring a batch with error accounting.
 
-The trainer never calls a reward directly: it calls ``RewardScorer.score``, which checks each reward's output,
-records failures (the failing samples abstain; the first traceback is logged) and stops the run when more than
-``max_error_fraction`` of a batch fails for one reward.
+The trainer never calls a reward directly: it calls ``RewardScorer.score``, which calls each reward by keyword as
+TRL does (``rewards.base``), checks its output, records failures (the failing samples abstain; the first traceback
+is logged) and stops the run when more than ``rewards.max_error_fraction`` of a batch fails for one reward.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import traceback
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from rewards.base import RewardFn, Scored, accepts_any_column, load_reward, required_columns, score_detailed
+from rewards.base import (
+    REWARDS,
+    TRL_ARGS,
+    RewardFn,
+    Scored,
+    accepts_any_column,
+    keyword_parameters,
+    load_module,
+    positional_only_parameters,
+    required_columns,
+    score_detailed,
+)
 
 log = logging.getLogger(__name__)
+
+
+class RewardSetupError(ValueError):
+    """A reward of the recipe cannot be bound (unknown name, missing file, module, attribute or dataset column);
+    raised before any work, with a message naming the recipe key (``rewards.rules[<i>].name``) and the fix."""
 
 
 class RewardOutputError(ValueError):
@@ -41,12 +60,18 @@ class RewardSpec:
     """Renames: reward parameter -> dataset column (e.g. ``{answer: solution}``)."""
     alias: str | None = None
     """Name used in metrics and rollouts; defaults to ``name`` (set it to use one reward twice)."""
+    init: dict[str, Any] | None = None
+    """Makes ``name`` a reward factory: it is called once, by keyword, with these arguments and what it returns is
+    the reward (e.g. ``{name: trl.rewards:get_soft_overlong_punishment, init: {max_completion_len: 64,
+    soft_punish_cache: 16}}``). ``{}`` calls it without arguments; unset, ``name`` is the reward itself."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError("rewards[].name: must be a non-empty string (a registry name or module:function)")
         if not isinstance(self.weight, int | float) or not math.isfinite(self.weight):
             raise ValueError(f"rewards[{self.name}].weight: must be a finite number, got {self.weight!r}")
+        if self.init is not None and not isinstance(self.init, dict):
+            raise ValueError(f"rewards[{self.name}].init: must be a mapping of the factory's arguments")
 
     @property
     def label(self) -> str:
@@ -61,41 +86,156 @@ class BoundReward:
     """reward parameter -> dataset column, for every column the reward receives."""
 
     def call(
-        self, prompts: Sequence[str], completions: Sequence[str], columns: Mapping[str, Sequence]
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        columns: Mapping[str, Sequence],
+        *,
+        completion_ids: Sequence[Sequence[int]] | None = None,
+        trainer_state: Any = None,
+        log_metric: Any = None,
     ) -> list[Scored]:
-        kwargs = {param: list(columns[col]) for param, col in self.column_map.items()}
-        out = score_detailed(self.fn, list(prompts), list(completions), **kwargs, **self.spec.kwargs)
-        return check_output(self.spec.label, out, len(completions))
+        """Call the reward by keyword as TRL does; ``completion_ids`` / ``trainer_state`` are passed when known.
+        Values given to ``log_extra(column, values)`` (one per completion) join each sample's info."""
+        extras: dict[str, list] = {}
+
+        def log_extra(column: str, values: Sequence) -> None:
+            extras[column] = list(values)
+
+        kwargs: dict[str, Any] = {"prompts": list(prompts), "completions": list(completions), "log_extra": log_extra}
+        if log_metric is not None:
+            kwargs["log_metric"] = log_metric
+        if completion_ids is not None:
+            kwargs["completion_ids"] = [list(ids) for ids in completion_ids]
+        if trainer_state is not None:
+            kwargs["trainer_state"] = trainer_state
+        kwargs.update({param: list(columns[col]) for param, col in self.column_map.items()})
+        kwargs.update(self.spec.kwargs)
+        out = check_output(self.spec.label, score_detailed(self.fn, **kwargs), len(completions))
+        return with_extras(self.spec.label, out, extras)
 
 
 def bind_rewards(specs: Sequence[RewardSpec], dataset_columns: Sequence[str]) -> list[BoundReward]:
-    """Load every reward and check that the dataset provides the columns it needs (fails before any work)."""
+    """Load every reward and check that the dataset provides the columns it needs (fails before any work).
+
+    Errors are ``RewardSetupError`` naming the recipe key, ``rewards.rules[<i>]``, and the fix."""
     labels = [s.label for s in specs]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"rewards: duplicate reward names {labels}; give repeated rewards distinct `alias` values")
-    available = set(dataset_columns)
-    bound = []
-    for spec in specs:
-        fn = load_reward(spec.name)
-        needed = [p for p in required_columns(fn) if p not in spec.kwargs]
-        column_map = {p: spec.columns.get(p, p) for p in needed}
-        missing = {p: c for p, c in column_map.items() if c not in available}
-        if missing:
-            raise ValueError(
-                f"reward {spec.label!r} needs dataset column(s) {sorted(missing.values())} which the dataset lacks "
-                f"(it has {sorted(available)}); add them to the data or map them with rewards[].columns"
+    for i, label in enumerate(labels):
+        if label in labels[:i]:
+            raise RewardSetupError(
+                f"rewards.rules[{i}].alias: reward {label!r} is listed twice (duplicate reward names {labels}); give "
+                "repeated rewards distinct `alias` values"
             )
-        if accepts_any_column(fn):
-            # Like TRL: a reward taking **kwargs receives every column it did not name explicitly.
-            for col in available - set(column_map.values()) - {"prompt"} - set(spec.kwargs):
-                column_map.setdefault(col, col)
-        bound.append(BoundReward(spec, fn, column_map))
-    return bound
+    available = set(dataset_columns)
+    return [_bind(f"rewards.rules[{i}]", spec, available) for i, spec in enumerate(specs)]
+
+
+def _bind(key: str, spec: RewardSpec, available: set[str]) -> BoundReward:
+    fn = resolve_reward(key, spec)
+    label, any_kw, named = spec.label, accepts_any_column(fn), keyword_parameters(fn)
+    positional = positional_only_parameters(fn)
+    if positional:
+        raise RewardSetupError(
+            f"{key}.name: reward {label!r} has positional-only parameter(s) {positional}; rewards are called by "
+            "keyword, as TRL calls them: remove the `/` from its signature"
+        )
+    for what, given in (("kwargs", spec.kwargs), ("columns", spec.columns)):
+        unknown = [k for k in given if not any_kw and k not in named]
+        if unknown:
+            raise RewardSetupError(
+                f"{key}.{what}: reward {label!r} takes no parameter(s) {unknown} (it takes {named}); fix the "
+                f"spelling or remove them from {key}.{what}"
+            )
+    needed = [p for p in [*required_columns(fn), *spec.columns] if p not in spec.kwargs]
+    column_map = {p: spec.columns.get(p, p) for p in dict.fromkeys(needed)}
+    missing = {p: c for p, c in column_map.items() if c not in available}
+    if missing:
+        p = next(iter(missing))
+        hint = ""
+        if not any_kw and not set(named) & set(TRL_ARGS):
+            hint = (
+                f". It takes none of the arguments TRL passes a reward ({', '.join(TRL_ARGS[:4])}, ...): if it is a "
+                f"reward factory, call it with {key}.init; if it is a reward, name its parameters as TRL does"
+            )
+        raise RewardSetupError(
+            f"{key}.columns: reward {label!r} needs dataset column(s) {sorted(missing.values())} which the dataset "
+            f"lacks (it has {sorted(available)}); add them to the data or map them with {key}.columns "
+            f"(e.g. {{{p}: <column>}}){hint}"
+        )
+    # Like TRL: optional parameters named after a column receive it, and a reward taking **kwargs receives every
+    # column it did not name explicitly.
+    taken = set(spec.kwargs) | set(TRL_ARGS) | {"prompt"}
+    for p in named:
+        if p not in column_map and p not in taken and p in available:
+            column_map[p] = p
+    if any_kw:
+        for col in sorted(available - set(column_map.values()) - taken):
+            column_map.setdefault(col, col)
+    return BoundReward(spec, fn, column_map)
+
+
+def resolve_reward(key: str, spec: RewardSpec) -> RewardFn:
+    """The reward ``spec`` names (calling the factory with ``spec.init``), or a ``RewardSetupError`` saying why not."""
+    obj = _lookup(key, spec.name)
+    if spec.init is not None:
+        if not callable(obj):
+            raise RewardSetupError(f"{key}.init: {spec.name!r} is a {type(obj).__name__}, not a factory to call")
+        try:
+            obj = obj(**spec.init)
+        except (TypeError, ValueError) as e:
+            raise RewardSetupError(
+                f"{key}.init: calling {spec.name!r} with {spec.init} raised {type(e).__name__}: {e}; set init to the "
+                "factory's arguments"
+            ) from e
+        if not callable(obj):
+            raise RewardSetupError(
+                f"{key}.init: {spec.name!r} returned a {type(obj).__name__}, not a reward function; is it a factory?"
+            )
+    elif not callable(obj):
+        raise RewardSetupError(f"{key}.name: {spec.name!r} is a {type(obj).__name__}, not a reward function")
+    return obj
+
+
+def _lookup(key: str, name: str) -> Any:
+    if ":" not in name:
+        if name not in REWARDS:
+            close = difflib.get_close_matches(name, REWARDS.names(), n=1)
+            guess = f"did you mean {close[0]!r}? " if close else ""
+            raise RewardSetupError(
+                f"{key}.name: unknown reward {name!r}; {guess}Known: {', '.join(REWARDS.names())}. For your own "
+                "reward give 'package.module:function' or 'path/to/file.py:function'"
+            )
+        return REWARDS.get(name)
+    target, _, attr = name.rpartition(":")
+    if target.endswith(".py") and not Path(target).is_file():
+        raise RewardSetupError(
+            f"{key}.name: reward file {target!r} does not exist (relative paths start from the current directory, "
+            f"{Path.cwd()}); fix the path in {name!r}"
+        )
+    try:
+        module = load_module(target)
+    except ModuleNotFoundError as e:
+        if e.name is None or not (target == e.name or target.startswith(e.name + ".")):
+            raise  # the module exists but one of its own imports failed: that traceback is the one to read
+        raise RewardSetupError(
+            f"{key}.name: no module named {e.name!r} (from {name!r}); fix the spelling or install the package, or "
+            "give a file as 'path/to/file.py:function'"
+        ) from None
+    if not hasattr(module, attr):
+        public = [n for n in vars(module) if not n.startswith("_") and callable(getattr(module, n))]
+        close = difflib.get_close_matches(attr, public, n=1)
+        guess = f"; did you mean {close[0]!r}?" if close else f"; it defines {sorted(public)}"
+        raise RewardSetupError(f"{key}.name: {target!r} has no attribute {attr!r} (from {name!r}){guess}")
+    return getattr(module, attr)
 
 
 def check_output(label: str, out: Any, n: int) -> list[Scored]:
     if not isinstance(out, list | tuple):
-        raise RewardOutputError(f"reward {label!r} returned {type(out).__name__}; it must return a list")
+        got = "None" if out is None else f"a {type(out).__name__}"
+        raise RewardOutputError(
+            f"reward {label!r} returned {got}; it must return a list with one float (or None to abstain) per "
+            "completion"
+        )
     if len(out) != n:
         raise RewardOutputError(f"reward {label!r} returned {len(out)} values for {n} completions")
     checked = []
@@ -109,6 +249,23 @@ def check_output(label: str, out: Any, n: int) -> list[Scored]:
             s = Scored(float(v), s.info)
         checked.append(s)
     return checked
+
+
+def with_extras(label: str, scored: list[Scored], extras: Mapping[str, Sequence]) -> list[Scored]:
+    """``scored`` with each ``log_extra`` column's value for the sample added to its info (stored with rollouts).
+
+    >>> with_extras("r", [Scored(1.0, {"a": 1})], {"golden_answer": ["4"]})
+    [Scored(value=1.0, info={'a': 1, 'golden_answer': '4'})]
+    """
+    for column, values in extras.items():
+        if len(values) != len(scored):
+            raise RewardOutputError(
+                f"reward {label!r} logged {len(values)} values of {column!r} for {len(scored)} completions; "
+                "log_extra takes one value per completion"
+            )
+    if not extras:
+        return scored
+    return [Scored(s.value, {**s.info, **{c: v[i] for c, v in extras.items()}}) for i, s in enumerate(scored)]
 
 
 @dataclass
@@ -128,13 +285,40 @@ class RewardScorer:
         self.max_error_fraction = max_error_fraction
         self.error_counts = {b.spec.label: 0 for b in self.bound}
         self._logged: set[str] = set()
+        self._metrics: defaultdict[str, list[float]] = defaultdict(list)
+
+    def log_metric(self, name: str, value: float) -> None:
+        """TRL's ``log_metric``, handed to every reward: a scalar averaged over the step (see ``pop_metrics``)."""
+        self._metrics[name].append(float(value))
+
+    def pop_metrics(self) -> dict[str, float]:
+        """The mean of each ``log_metric`` name since the last call; the trainer adds them to the step's metrics.
+
+        >>> scorer = RewardScorer([])
+        >>> scorer.log_metric("judge/calls", 2); scorer.log_metric("judge/calls", 4)
+        >>> scorer.pop_metrics(), scorer.pop_metrics()
+        ({'judge/calls': 3.0}, {})
+        """
+        out = {name: sum(v) / len(v) for name, v in self._metrics.items()}
+        self._metrics.clear()
+        return out
 
     def score(
-        self, prompts: Sequence[str], completions: Sequence[str], columns: Mapping[str, Sequence]
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        columns: Mapping[str, Sequence],
+        *,
+        completion_ids: Sequence[Sequence[int]] | None = None,
+        trainer_state: Any = None,
     ) -> RewardScores:
+        """Score a batch: prompts and completions as the rewards receive them (text, or chat messages for a
+        conversational dataset), ``columns`` one value per completion, ``completion_ids`` each completion's token ids
+        and ``trainer_state`` a ``transformers.TrainerState`` (both passed on when given)."""
         values, info, errors = {}, {}, {}
+        extra = {"completion_ids": completion_ids, "trainer_state": trainer_state}
         for b in self.bound:
-            scored, n_err = self._score_one(b, prompts, completions, columns)
+            scored, n_err = self._score_one(b, prompts, completions, columns, **extra)
             values[b.spec.label] = [s.value for s in scored]
             info[b.spec.label] = [s.info for s in scored]
             errors[b.spec.label] = n_err
@@ -142,14 +326,18 @@ class RewardScorer:
             if len(completions) and n_err / len(completions) > self.max_error_fraction:
                 raise RewardFailureError(
                     f"reward {b.spec.label!r} failed on {n_err}/{len(completions)} samples, above "
-                    f"rewards_max_error_fraction={self.max_error_fraction}; first error is logged above"
+                    f"rewards.max_error_fraction={self.max_error_fraction}; fix the reward (its first traceback is "
+                    "in the log above), or raise rewards.max_error_fraction if such failures are expected"
                 )
         weights = {b.spec.label: b.spec.weight for b in self.bound}
         return RewardScores(values, info, errors, weighted_total(values, weights))
 
-    def _score_one(self, b: BoundReward, prompts, completions, columns) -> tuple[list[Scored], int]:
+    def _score_one(
+        self, b: BoundReward, prompts, completions, columns, *, completion_ids, trainer_state
+    ) -> tuple[list[Scored], int]:
+        kw = {"trainer_state": trainer_state, "log_metric": self.log_metric}
         try:
-            return b.call(prompts, completions, columns), 0
+            return b.call(prompts, completions, columns, completion_ids=completion_ids, **kw), 0
         except RewardOutputError:
             raise
         except Exception:  # user code: record, then isolate the failing samples one by one
@@ -157,8 +345,9 @@ class RewardScorer:
         scored, n_err = [], 0
         for i in range(len(completions)):
             row = {k: [v[i]] for k, v in columns.items()}
+            ids = None if completion_ids is None else [completion_ids[i]]
             try:
-                scored.extend(b.call([prompts[i]], [completions[i]], row))
+                scored.extend(b.call([prompts[i]], [completions[i]], row, completion_ids=ids, **kw))
             except RewardOutputError:
                 raise
             except Exception as e:
@@ -170,6 +359,18 @@ class RewardScorer:
         if label not in self._logged:
             self._logged.add(label)
             log.error("reward %r raised; failing samples abstain. First traceback:\n%s", label, traceback.format_exc())
+
+
+def trainer_state(*, global_step: int, max_steps: int) -> Any:
+    """The ``transformers.TrainerState`` TRL hands rewards as ``trainer_state``: steps done so far and the total.
+
+    >>> s = trainer_state(global_step=3, max_steps=10)
+    >>> type(s).__name__, s.global_step, s.max_steps
+    ('TrainerState', 3, 10)
+    """
+    from transformers import TrainerState  # here: transformers.trainer_callback imports peft (seconds)
+
+    return TrainerState(global_step=global_step, max_steps=max_steps)
 
 
 def weighted_total(values: Mapping[str, Sequence[float | None]], weights: Mapping[str, float]) -> list[float | None]:

@@ -24,11 +24,24 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Name -> object table. Duplicate names raise (unless it is the same definition imported a second time, e.g.
     a module loaded both as part of its package and as a file by a test runner); unknown names raise listing the
-    known ones."""
+    known ones.
 
-    def __init__(self, kind: str) -> None:
+    ``loader``, when given, is called once before the first lookup, listing or registration (e.g. importing the
+    modules that register the built-ins), so a registry can be cheap to import and still complete when read."""
+
+    def __init__(self, kind: str, *, loader: Callable[[], None] | None = None) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._loader = loader
+
+    def _load(self) -> None:
+        loader, self._loader = self._loader, None  # cleared first: the modules it imports register into self
+        if loader is not None:
+            try:
+                loader()
+            except BaseException:
+                self._loader = loader  # a failed load (an ImportError) is retried, and raises again, next time
+                raise
 
     def register(self, name: str) -> Callable[[T], T]:
         def deco(obj: T) -> T:
@@ -38,6 +51,7 @@ class Registry(Generic[T]):
         return deco
 
     def add(self, name: str, obj: T) -> None:
+        self._load()  # a name clashing with a not-yet-loaded built-in must fail here, not at the first lookup
         if name in self._items and _same_definition(self._items[name], obj):
             return
         if name in self._items:
@@ -45,19 +59,22 @@ class Registry(Generic[T]):
         self._items[name] = obj
 
     def get(self, name: str) -> T:
+        self._load()
         try:
             return self._items[name]
         except KeyError:
             raise KeyError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._items))}") from None
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._items))
+        return iter(self.names())
 
 
 def _same_definition(a: object, b: object) -> bool:

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rewards.math.extract import last_boxed
 from rl.registry import Registry
 from rollouts.tasks import R1_SYSTEM_PROMPT, TEMPLATES
 
@@ -64,6 +63,8 @@ def math_dataset(row: dict[str, Any], prompt_column: str = "problem") -> Adapted
     >>> math_dataset({"problem": "1/2+0?", "solution": "It is $\\\\boxed{\\\\frac12}$.", "level": "Level 3"}).columns
     {'answer': '\\\\frac12', 'solution': 'It is $\\\\boxed{\\\\frac12}$.', 'level': 'Level 3'}
     """
+    from rewards.math.extract import last_boxed  # here: importing rewards.math loads sympy (~0.5 s)
+
     _require(row, "problem", "solution", adapter="math")
     answer = last_boxed(str(row["solution"]))
     if not answer:
@@ -85,6 +86,8 @@ def numina(row: dict[str, Any], prompt_column: str = "problem") -> Adapted | Non
     >>> numina({"problem": "Show that...", "solution": "QED", "answer": "proof"}) is None
     True
     """
+    from rewards.math.extract import last_boxed  # here: importing rewards.math loads sympy (~0.5 s)
+
     _require(row, "problem", "solution", adapter="numina")
     answer = str(row.get("answer") or "").strip()
     if answer.lower() in _NO_ANSWER:
@@ -129,7 +132,15 @@ def prompt_formatter(template: str, tokenizer=None) -> Callable[[str], str]:
         )
 
     def chat(question: str) -> str:
-        messages = [{"role": "system", "content": R1_SYSTEM_PROMPT}, {"role": "user", "content": question}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(chat_messages(question), tokenize=False, add_generation_prompt=True)
 
     return chat
+
+
+def chat_messages(question: str) -> list[dict[str, str]]:
+    """The conversation the ``chat`` template renders (and conversational rewards receive as the prompt).
+
+    >>> [m["role"] for m in chat_messages("1+1?")]
+    ['system', 'user']
+    """
+    return [{"role": "system", "content": R1_SYSTEM_PROMPT}, {"role": "user", "content": question}]

@@ -18,6 +18,9 @@ class Prompt:
     prompt_id: str
     text: str
     columns: dict[str, Any] = field(default_factory=dict)
+    messages: list[dict[str, str]] | None = None
+    """The chat messages ``text`` was rendered from (``data.template: chat``), else None. Rewards then receive
+    the prompt as these messages and each completion as ``[{"role": "assistant", "content": ...}]``, as in TRL."""
 
 
 @dataclass
@@ -55,6 +58,35 @@ class RolloutBatch:
     @property
     def prompt_texts(self) -> list[str]:
         return [c.prompt.text for c in self.completions]
+
+    @property
+    def completion_ids(self) -> list[list[int]]:
+        """Each completion's token ids (ending with EOS when it stopped there), as TRL's ``completion_ids``."""
+        return [list(c.token_ids) for c in self.completions]
+
+    @property
+    def reward_prompts(self) -> list[str | list[dict[str, str]]]:
+        """Prompts as rewards receive them: the chat messages of a conversational prompt (a copy), else the text."""
+        return [
+            c.prompt.text if c.prompt.messages is None else [dict(m) for m in c.prompt.messages]
+            for c in self.completions
+        ]
+
+    @property
+    def reward_completions(self) -> list[str | list[dict[str, str]]]:
+        """Completions as rewards receive them: ``[{"role": "assistant", "content": text}]`` for a conversational
+        prompt (TRL's form), else the text.
+
+        >>> chat = Prompt("q", "<user>hi", messages=[{"role": "user", "content": "hi"}])
+        >>> b = RolloutBatch([Completion(0, chat, [1], [2], "yo", "eos"), Completion(1, Prompt("r", "hi"), [1], [2],
+        ...     "yo", "eos")])
+        >>> b.reward_prompts, b.reward_completions
+        ([[{'role': 'user', 'content': 'hi'}], 'hi'], [[{'role': 'assistant', 'content': 'yo'}], 'yo'])
+        """
+        return [
+            c.text if c.prompt.messages is None else [{"role": "assistant", "content": c.text}]
+            for c in self.completions
+        ]
 
     def columns(self) -> dict[str, list[Any]]:
         """Dataset columns, one value per completion, for the rewards."""

@@ -28,6 +28,10 @@ STARTUP_TIMEOUT_S = 60.0
 _ROOT = str(Path(__file__).resolve().parents[2])
 _HEADER = struct.Struct("<Q")
 
+# The worker's entry point. Not ``python -m rewards.math.pool``: the package ``rewards.math`` imports this module
+# first, and runpy then warns that it is already in sys.modules (twice per run, once per worker).
+WORKER = "from rewards.math.pool import _worker_main; _worker_main()"
+
 
 class CheckTimeout(Exception):
     """The call ran past its limit; its worker was killed."""
@@ -81,7 +85,7 @@ class _Worker:
     def __init__(self, warmup: str | None) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([_ROOT, os.environ.get("PYTHONPATH", "")]))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rewards.math.pool"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+            [sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
         )
         _send(self.proc.stdin, warmup)
         self.ready = False
