@@ -1,12 +1,16 @@
 """Recipe configuration: one small frozen dataclass per concern. A recipe YAML maps onto ``RecipeConfig``.
 
-Every field has a docstring (the recipe reference in README.md is generated from them by ``r1kit config-doc``);
-values are validated in ``__post_init__`` with a message naming the key and the fix.
+Every field has a docstring (the recipe reference in README.md summarises them; ``r1kit config RECIPE`` prints a
+recipe with every default filled in); values are validated in ``__post_init__`` with a message naming the key and
+the fix. Unknown keys are found first, anywhere in the recipe, before any value is converted (``check_keys``).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -14,13 +18,30 @@ from typing import Any, Literal
 import yaml
 
 from rewards.scoring import RewardSpec
-from rl.configio import ConfigError, apply_overrides, from_dict, to_dict
-from rl.tiny import PretrainConfig
+from rl.configio import ConfigError, apply_overrides, check_keys, from_dict, to_dict
+
+log = logging.getLogger(__name__)
 
 
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """How the tiny base is "pre-trained": supervised steps on demonstrations with systematic mistakes."""
+
+    steps: int = 700
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup: int = 50
+    mistake_rate: float = 0.6
+    """Share of demonstrations whose shown answer carries the task's systematic mistake (``rollouts.tasks.DEMOS``:
+    arith forgets the last term, pyfunc's code is off by one)."""
+    n_demos: int = 40000
+    template: str = "qa"
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -88,7 +109,12 @@ class DataConfig:
     def __post_init__(self) -> None:
         from rollouts.adapters import ADAPTERS, PROMPT_TEMPLATES
 
-        _check((self.task is None) != (self.path is None), "data: set exactly one of data.task and data.path")
+        _check(self.task is not None or self.path is not None, "data: set data.task (synthetic) or data.path")
+        _check(
+            self.task is None or self.path is None,
+            f"data: both data.task={self.task!r} and data.path={self.path!r} are set; to train on the file, set "
+            "data.task: null (or pass --set data.task=null)",
+        )
         _check(self.adapter in ADAPTERS, f"data.adapter: unknown {self.adapter!r}; known: {ADAPTERS.names()}")
         _check(
             self.template in PROMPT_TEMPLATES, f"data.template: unknown {self.template!r}; known: {PROMPT_TEMPLATES}"
@@ -176,9 +202,6 @@ class AlgorithmConfig:
     """DAPO overlong filtering: completions cut at rollout.max_new_tokens are masked out of the loss."""
 
     def __post_init__(self) -> None:
-        from rl.advantages import ADVANTAGES
-        from rl.losses import LOSSES
-
         G = self.num_generations
         _check(G >= 2, f"algorithm.num_generations: must be >= 2 for group-relative advantages, got {G}")
         _check(
@@ -198,6 +221,13 @@ class AlgorithmConfig:
         for name in ("clip_low", "clip_high"):
             v = getattr(self, name)
             _check(v is None or v >= 0, f"algorithm.{name}: must be >= 0, got {v}")
+
+    def check_registered(self) -> None:
+        """The loss and advantage names exist. Kept out of ``__post_init__`` and run last (``RecipeConfig``): the
+        registries import torch, and every other mistake in a recipe is reported without it."""
+        from rl.advantages import ADVANTAGES
+        from rl.losses import LOSSES
+
         _check(self.loss in LOSSES, f"algorithm.loss: unknown {self.loss!r}; known: {LOSSES.names()}")
         _check(
             self.advantage in ADVANTAGES,
@@ -311,6 +341,12 @@ class LoggingConfig:
         )
         for name in self.trackers:
             _check(name in TRACKERS, f"logging.trackers: unknown tracker {name!r}; known: {TRACKERS.names()}")
+            # Checked here, before any model loads (each tracker's library is named as the tracker is).
+            _check(
+                importlib.util.find_spec(name) is not None,
+                f"logging.trackers: {name!r} needs the {name} package, which is not installed; "
+                f"pip install 'r1kit[{name}]', or remove {name} from logging.trackers",
+            )
         _check(len(set(self.trackers)) == len(self.trackers), f"logging.trackers: duplicates in {self.trackers}")
 
 
@@ -353,23 +389,85 @@ class RecipeConfig:
             micro is None or mb % micro == 0,
             f"training.micro_batch_size: {micro} must divide the mini-batch ({mb} completions)",
         )
+        self.algorithm.check_registered()
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:
-    """Read a recipe YAML (or start from defaults when ``path`` is None), apply ``a.b=c`` overrides, validate."""
+    """Read a recipe YAML (or start from defaults when ``path`` is None), apply ``a.b=c`` overrides, validate.
+
+    Relative data paths and reward files are looked up beside the recipe first, then in the working directory.
+    ``--set data.path=...`` on a recipe with a synthetic ``data.task`` replaces the task.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"recipe {str(p)!r} does not exist")
-        data = yaml.safe_load(p.read_text()) or {}
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"recipe {str(p)!r} is not valid YAML: {e}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"recipe {str(p)!r}: the top level must be a mapping of sections")
+    recipe_task = (data.get("data") or {}).get("task") if isinstance(data.get("data"), dict) else None
     apply_overrides(data, list(overrides))
+    check_keys(RecipeConfig, data)
+    _path_replaces_task(data, recipe_task, overrides)
+    if path is not None:
+        _resolve_beside(data, Path(path).resolve().parent)
     return from_dict(RecipeConfig, data)
+
+
+def _path_replaces_task(data: dict[str, Any], recipe_task: str | None, overrides: Sequence[str]) -> None:
+    """A data file given on the command line replaces the recipe's synthetic task; so does a recipe that names a
+    file and no task (the task's default, ``arith``, is for the tiny recipe)."""
+    sec = data.get("data")
+    if not isinstance(sec, dict) or sec.get("path") is None:
+        return
+    set_keys = {o.partition("=")[0].strip() for o in overrides}
+    if "data.task" in set_keys:
+        return  # the user chose both; DataConfig says what is wrong if both are set
+    if "task" not in sec:
+        sec["task"] = None
+    elif "data.path" in set_keys and sec.get("task") is not None:
+        log.info("data.path=%s replaces the recipe's data.task=%s", sec["path"], recipe_task)
+        sec["task"] = None
+
+
+def _resolve_beside(data: dict[str, Any], folder: Path) -> None:
+    """Make relative ``data.path`` and ``rewards.rules[].name`` files absolute when they exist beside the recipe."""
+
+    def beside(rel: str) -> str | None:
+        p = Path(rel).expanduser()
+        return str(folder / p) if not p.is_absolute() and (folder / p).exists() else None
+
+    sec = data.get("data")
+    if isinstance(sec, dict) and isinstance(sec.get("path"), str):
+        sec["path"] = beside(sec["path"]) or sec["path"]
+    rules = (data.get("rewards") or {}).get("rules") if isinstance(data.get("rewards"), dict) else None
+    for rule in rules if isinstance(rules, list) else ():
+        name = rule.get("name") if isinstance(rule, dict) else None
+        if isinstance(name, str) and ":" in name:
+            target, _, attr = name.rpartition(":")
+            if target.endswith(".py") and (found := beside(target)):
+                rule["name"] = f"{found}:{attr}"
+
+
+def recipe_changes(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """Keys whose values differ between two resolved recipes (plain dicts), as ``key -> (old, new)``.
+
+    >>> recipe_changes({"a": {"b": 1, "c": [1]}, "d": 2}, {"a": {"b": 2, "c": [1]}, "d": 2, "e": 0})
+    {'a.b': (1, 2), 'e': (None, 0)}
+    """
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: dict[str, tuple[Any, Any]] = {}
+        for k in [*old, *(k for k in new if k not in old)]:
+            out.update(recipe_changes(old.get(k), new.get(k), f"{prefix}{k}."))
+        return out
+    return {} if old == new else {prefix.rstrip("."): (old, new)}
 
 
 def dump_recipe(cfg: RecipeConfig) -> str:

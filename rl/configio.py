@@ -79,16 +79,59 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"{key}: unsupported config field type {tp}")
 
 
+def _unknown_key(cls: type, keys: typing.Iterable[str], prefix: str) -> ConfigError | None:
+    fields = [f.name for f in dataclasses.fields(cls) if f.init]
+    for k in keys:
+        if k not in fields:
+            close = difflib.get_close_matches(k, fields, n=1)
+            hint = f"; did you mean {_join(prefix, close[0])!r}?" if close else f"; known keys: {sorted(fields)}"
+            return ConfigError(f"unknown key {_join(prefix, k)!r}{hint}")
+    return None
+
+
+def _dataclass_in(tp: Any) -> tuple[type | None, bool]:
+    """(the dataclass a field's type holds, whether as list items): ``Foo``, ``Foo | None``, ``list[Foo]``."""
+    if _is_dataclass_type(tp):
+        return tp, False
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, types.UnionType):
+        found = [a for a in args if _is_dataclass_type(a)]
+        return (found[0], False) if found else (None, False)
+    if origin in (list, tuple) and args and _is_dataclass_type(args[0]):
+        return args[0], True
+    return None, False
+
+
+def check_keys(cls: type, data: Any, prefix: str = "") -> None:
+    """Fail on the first unknown key anywhere in ``data`` before any value is converted or validated.
+
+    Validation may import heavy modules (a loss name is checked against the loss registry, which needs torch);
+    a misspelt key is found without them, in milliseconds.
+    """
+    if not isinstance(data, dict):
+        return
+    err = _unknown_key(cls, data, prefix)
+    if err:
+        raise err
+    hints = get_type_hints(cls)
+    for name, value in data.items():
+        inner, as_list = _dataclass_in(hints[name])
+        if inner is None:
+            continue
+        if as_list and isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                check_keys(inner, item, f"{_join(prefix, name)}[{i}]")
+        elif not as_list:
+            check_keys(inner, value, _join(prefix, name))
+
+
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from ``data``, recursing into nested dataclasses."""
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        k = unknown[0]
-        close = difflib.get_close_matches(k, list(fields), n=1)
-        hint = f"; did you mean {_join(prefix, close[0])!r}?" if close else f"; known keys: {sorted(fields)}"
-        raise ConfigError(f"unknown key {_join(prefix, k)!r}{hint}")
+    err = _unknown_key(cls, data, prefix)
+    if err:
+        raise err
     kwargs = {name: _convert(v, hints[name], _join(prefix, name)) for name, v in data.items()}
     try:
         return cls(**kwargs)

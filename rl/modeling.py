@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rl.config import DataConfig, ModelConfig
-from rl.tiny import ensure_tiny_base
+from rl.configio import ConfigError
+from rl.tiny import ensure_tiny_base, parse_tiny_ref
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +56,50 @@ class Policy:
 
 
 def resolve_source(cfg: ModelConfig, data: DataConfig) -> str:
-    if cfg.name_or_path.startswith("tiny://"):
-        return str(ensure_tiny_base(cfg.name_or_path, eval_seed=data.seed, n_eval=data.num_eval, cfg=cfg.tiny))
-    return cfg.name_or_path
+    """The local directory or hub id to load: a ``tiny://`` base is built (or found in the cache) first.
+
+    A tiny base's pre-training leaves out the held-out prompts of its synthetic task, so ``data.seed`` and
+    ``data.num_eval`` are part of its cache key, but only when the run evaluates on that task: a file dataset's
+    held-out set is its own, and changing its size must not rebuild the base.
+    """
+    name = cfg.name_or_path
+    if name.startswith("tiny://"):
+        try:
+            family, task = parse_tiny_ref(name)
+        except (ValueError, KeyError) as e:
+            raise ConfigError(f"model.name_or_path: {str(e).strip(chr(34))}") from None
+        same_task = data.task == task
+        seed, n_eval = (data.seed, data.num_eval) if same_task else (DataConfig.seed, DataConfig.num_eval)
+        return str(ensure_tiny_base(name, eval_seed=seed, n_eval=n_eval, cfg=cfg.tiny))
+    p = Path(name).expanduser()
+    if not p.is_dir() and (name.startswith((".", "/", "~")) or name.count("/") > 1 or p.is_file()):
+        raise ConfigError(
+            f"model.name_or_path: {name!r} is not a model directory (relative paths are read from {Path.cwd()}); "
+            "fix the path, or give a hub id such as 'Qwen/Qwen3-30B-A3B' or a tiny://family/task base"
+        )
+    if p.is_dir() and not (p / "config.json").is_file():
+        raise ConfigError(
+            f"model.name_or_path: {name!r} is a directory without a model (no config.json); point it at a directory "
+            "written by save_pretrained, or at a run's merged export (r1kit export RUN --merge OUT)"
+        )
+    return name
+
+
+@contextlib.contextmanager
+def _loading(source: str, what: str) -> Iterator[None]:
+    """Turn a failed ``from_pretrained`` of a missing hub id or a directory without weights into a message."""
+    try:
+        yield
+    except OSError as e:  # transformers raises OSError (incl. its repo-id validation) for what it cannot find
+        raise ConfigError(
+            f"model.name_or_path: loading the {what} from {source!r} failed ({str(e).splitlines()[0][:300]}); "
+            "check the directory or hub id (and model.revision)"
+        ) from e
 
 
 def load_tokenizer(source: str, cfg: ModelConfig):
-    tok = AutoTokenizer.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    with _loading(source, "tokenizer"):
+        tok = AutoTokenizer.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -73,7 +112,9 @@ def load_policy(cfg: ModelConfig, data: DataConfig, *, need_reference: bool, dev
     kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code, "dtype": DTYPES[cfg.dtype]}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs).to(device)
+    with _loading(source, "model"):
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    model = model.to(device)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if cfg.gradient_checkpointing:
@@ -116,6 +157,19 @@ def lora_targets(model: torch.nn.Module, cfg: ModelConfig) -> tuple[list[str], l
     return modules, params
 
 
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Silence the two warnings peft raises on every r1kit LoRA model, both harmless here:
+    - peft's MoE defaults add ``rank_pattern``/``alpha_pattern`` keys for fused expert names that r1kit did not
+      target (``lora_target_experts`` off), and peft warns that they matched nothing;
+    - peft reads ``model.is_gradient_checkpointing``, which transformers deprecated (a FutureWarning).
+    Everything else peft says still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"The following (rank|alpha)_pattern keys did not match", RuntimeWarning)
+        warnings.filterwarnings("ignore", r"`is_gradient_checkpointing` is deprecated", FutureWarning)
+        yield
+
+
 def apply_lora(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
 
@@ -124,7 +178,8 @@ def apply_lora(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=modules,
         target_parameters=params or None, bias="none", task_type="CAUSAL_LM",
     )  # fmt: skip
-    peft_model = get_peft_model(model, lcfg)
+    with quiet_peft():
+        peft_model = get_peft_model(model, lcfg)
     n_train = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     log.info("LoRA on %s%s: %d trainable parameters", modules, f" + experts {params}" if params else "", n_train)
     return peft_model

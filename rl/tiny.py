@@ -19,14 +19,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedTokenizerFast
 
+from rl.config import PretrainConfig  # noqa: F401  (re-exported: its home was here)
 from rl.registry import Registry
+from rl.runlog import current_umask
 from rollouts.tasks import DEMOS, TEMPLATES, split_examples
 
 log = logging.getLogger(__name__)
@@ -128,22 +130,6 @@ def tiny_model(family: str, tokenizer: PreTrainedTokenizerFast, seed: int = 0, *
     return AutoModelForCausalLM.from_config(config)
 
 
-@dataclass(frozen=True)
-class PretrainConfig:
-    """How the tiny base is "pre-trained": supervised steps on demonstrations with systematic mistakes."""
-
-    steps: int = 700
-    batch_size: int = 64
-    lr: float = 3e-3
-    warmup: int = 50
-    mistake_rate: float = 0.6
-    """Share of demonstrations whose shown answer carries the task's systematic mistake (``rollouts.tasks.DEMOS``:
-    arith forgets the last term, pyfunc's code is off by one)."""
-    n_demos: int = 40000
-    template: str = "qa"
-    seed: int = 0
-
-
 def demo_texts(task: str, cfg: PretrainConfig, *, eval_seed: int, n_eval: int) -> list[tuple[str, str]]:
     """(prompt, completion) pairs for pre-training; excludes the eval questions of ``eval_seed``."""
     demo = DEMOS.get(task)
@@ -192,7 +178,7 @@ def pretrain(
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}", refresh=False)  # drawn at mininterval
     model.eval()
     return losses
 
@@ -232,6 +218,7 @@ def ensure_tiny_base(ref: str, *, eval_seed: int, n_eval: int, cfg: PretrainConf
     log.info("building %s: %.2fM parameters, pre-training %d steps", ref, n_params / 1e6, cfg.steps)
     losses = pretrain(model, tokenizer, demo_texts(task, cfg, eval_seed=eval_seed, n_eval=n_eval), cfg)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it 0700; runs' adapters point here, others read it too
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     meta = {

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rewards.scoring import RewardScorer, RewardScores, bind_rewards
+from rewards.scoring import RewardScorer, RewardScores, bind_rewards, trainer_state
 from rl.advantages import ADVANTAGES
 from rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trainable_state
 from rl.config import RecipeConfig, dump_recipe
@@ -216,6 +216,7 @@ class GRPOTrainer:
         adv_all_B[sampled.keep_B] = adv_B.float()
         self._store_rollouts(sampled, adv_all_B)
         return self.dist.reduce_metrics({
+            **self.scorer.pop_metrics(),  # rewards' log_metric values, averaged over the step as in TRL
             **reward_metrics(sampled.scores, self.dist.gather(sampled.reward_B),
                              self.dist.gather(torch.tensor(sampled.batch.group_ids))),
             **train_metrics,
@@ -255,7 +256,10 @@ class GRPOTrainer:
             )  # fmt: skip
 
     def _score(self, batch: RolloutBatch) -> tuple[RewardScores, torch.Tensor]:
-        scores = self.scorer.score(batch.prompt_texts, batch.texts, batch.columns())
+        scores = self.scorer.score(
+            batch.reward_prompts, batch.reward_completions, batch.columns(), completion_ids=batch.completion_ids,
+            trainer_state=trainer_state(global_step=self.step, max_steps=self.cfg.training.max_steps),
+        )  # fmt: skip
         return scores, torch.tensor([math.nan if v is None else v for v in scores.total], dtype=torch.float32)
 
     def _logprobs(self, model, seq: SequenceTensors) -> torch.Tensor:
@@ -342,13 +346,16 @@ class GRPOTrainer:
         sums = dict.fromkeys(["_n", "completion_len", *labels], 0.0)
         if prompts:
             batch = self.backend.generate(prompts, list(range(len(prompts))), num_generations=1, greedy=True)
-            scores = self.scorer.score(batch.prompt_texts, batch.texts, batch.columns())
+            scores = self.scorer.score(
+                batch.reward_prompts, batch.reward_completions, batch.columns(), completion_ids=batch.completion_ids,
+                trainer_state=trainer_state(global_step=self.step, max_steps=self.cfg.training.max_steps),
+            )  # fmt: skip
             sums.update({label: sum(v or 0.0 for v in vals) for label, vals in scores.values.items()})
             sums["_n"], sums["completion_len"] = len(batch), sum(c.num_tokens for c in batch.completions)
         sums = self.dist.sum(sums)
         out = {"accuracy" if i == 0 else label: sums[label] / sums["_n"] for i, label in enumerate(labels)}
         out["completion_len"] = sums["completion_len"] / sums["_n"]
-        return out
+        return {**self.scorer.pop_metrics(), **out}  # rewards' log_metric values (this process's) from the eval
 
     @staticmethod
     def _fmt_eval(ev: dict[str, float]) -> str:
@@ -371,6 +378,9 @@ class GRPOTrainer:
         ckpt = latest_checkpoint(self.run_dir / "checkpoints")
         if ckpt is None:
             log.warning("--resume: no checkpoint in %s; starting from scratch", self.run_dir)
+            if self.dist.is_main:  # the restart rewrites every step: keep no row of the attempt before it
+                self.metrics_log.truncate_after(0)
+                self.rollout_store.truncate_after(0)
             return
         state = load_checkpoint(ckpt, self.policy.model, self.optimizer, self.scheduler, rank=self.dist.rank)
         self.step = state["step"]

@@ -9,11 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rollouts.adapters import ADAPTERS, prompt_formatter
+from rollouts.adapters import ADAPTERS, chat_messages, prompt_formatter
 from rollouts.records import Prompt
 from rollouts.tasks import split_examples, to_prompts
 
 log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """The data a recipe names cannot be read or does not fit the recipe; the message names the key and the fix."""
 
 
 @dataclass(frozen=True)
@@ -42,12 +46,14 @@ def load_prompt_sets(
         return PromptSets(to_prompts(train, template, "train-"), to_prompts(ev, template, "eval-"))
     ds = open_dataset(path, subset=subset, split=split)
     if len(ds) == 0:
-        raise ValueError(f"data.path: {path!r} has no rows")
+        raise DataError(f"data.path: {path!r} has no rows; point data.path at a dataset with rows")
     adapt, fmt = ADAPTERS.get(adapter), prompt_formatter(template, tokenizer)
     filters = dict(filters or {})
     unknown = [k for k in filters if k not in ds.column_names]
     if unknown:
-        raise ValueError(f"data.filter: {unknown} not column(s) of {path!r} (it has {sorted(ds.column_names)})")
+        raise DataError(
+            f"data.filter: {unknown} not column(s) of {path!r} (it has {sorted(ds.column_names)}); filter on those"
+        )
     order = list(range(len(ds)))
     random.Random(seed).shuffle(order)
     prompts: list[Prompt] = []
@@ -63,12 +69,20 @@ def load_prompt_sets(
         if ad is None:
             unusable += 1
             continue
-        prompts.append(Prompt(f"row-{i}", fmt(ad.question), ad.columns))
+        messages = chat_messages(ad.question) if template == "chat" else None  # rewards get them, as in TRL
+        prompts.append(Prompt(f"row-{i}", fmt(ad.question), ad.columns, messages))
     log.info("data: %d prompts from %s (%d filtered out, %d without an answer)", len(prompts), path, filtered,
              unusable)  # fmt: skip
+    if not prompts:
+        raise DataError(
+            f"data.path: none of the {len(ds)} rows of {path!r} gave a prompt with an answer ({filtered} filtered "
+            f"out by data.filter, {unusable} without an answer for data.adapter={adapter!r}); check both"
+        )
     if len(prompts) <= num_eval:
-        raise ValueError(
-            f"data.num_eval: {num_eval} leaves no training rows out of the {len(prompts)} usable rows in {path!r}"
+        fits = max(1, len(prompts) // 5)
+        raise DataError(
+            f"data.num_eval: {num_eval} held-out prompts leave no training rows: {path!r} has {len(prompts)} usable "
+            f"rows; pass --set data.num_eval={fits} (a fifth of them), or use a larger dataset"
         )
     return PromptSets(prompts[num_eval:], prompts[:num_eval])
 
@@ -77,18 +91,58 @@ FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv
 
 
 def open_dataset(path: str, *, subset: str | None, split: str):
-    """A ``datasets.Dataset``: a local file or directory when ``path`` exists on disk, else a hub dataset id."""
+    """A ``datasets.Dataset``: a local file or directory when ``path`` exists on disk, else a hub dataset id.
+
+    A path that looks like a file (a known suffix, or starting with ``.``, ``/`` or ``~``) but does not exist is an
+    error here, not a hub lookup; so are an empty file and a hub id that cannot be loaded.
+    """
     import datasets
 
     p = Path(path).expanduser()
     if p.is_file():
         if p.suffix not in FILE_BUILDERS:
-            raise ValueError(f"data.path: {path!r} is not one of {sorted(FILE_BUILDERS)}")
-        return datasets.load_dataset(FILE_BUILDERS[p.suffix], data_files=str(p), split="train")
+            raise DataError(f"data.path: {path!r} is not one of {sorted(FILE_BUILDERS)}; convert it to one of them")
+        with open(p, "rb") as f:
+            if not f.read(1 << 16).strip():
+                raise DataError(f"data.path: {path!r} is empty; write one JSON object (or CSV row) per line")
+        return _load(datasets.load_dataset, FILE_BUILDERS[p.suffix], path=path, data_files=str(p), split="train")
     if p.is_dir() and ((p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file()):
         ds = datasets.load_from_disk(str(p))  # saved with save_to_disk
         return ds[split] if isinstance(ds, datasets.DatasetDict) else ds
-    return datasets.load_dataset(str(p) if p.is_dir() else path, subset, split=split)
+    if not p.is_dir() and looks_like_a_file(path):
+        raise DataError(
+            f"data.path: {path!r} does not exist (relative paths are looked up beside the recipe, then in "
+            f"{Path.cwd()}); fix the path, or give a hub dataset id such as 'openai/gsm8k'"
+        )
+    return _load(datasets.load_dataset, str(p) if p.is_dir() else path, subset, path=path, split=split)
+
+
+def looks_like_a_file(path: str) -> bool:
+    """Whether ``path`` is written as a local path rather than a hub id (``name`` or ``org/name``).
+
+    >>> [looks_like_a_file(p) for p in ["mydata.jsonl", "./data", "~/x", "openai/gsm8k", "a/b/c", "gsm8k"]]
+    [True, True, True, False, True, False]
+    """
+    return (
+        Path(path).suffix.lower() in (*FILE_BUILDERS, ".txt", ".arrow")
+        or path.startswith((".", "/", "~"))
+        or path.count("/") > 1
+    )
+
+
+def _load(fn, *args, path: str, **kwargs):
+    """``datasets`` loading with its failures turned into messages about ``data.path`` (the cause stays chained)."""
+    import datasets
+
+    try:
+        return fn(*args, **kwargs)
+    except datasets.exceptions.DatasetGenerationError as e:
+        raise DataError(f"data.path: {path!r} could not be read ({e.__cause__ or e}); check the file's format") from e
+    except (OSError, datasets.exceptions.DatasetNotFoundError) as e:  # ConnectionError, FileNotFoundError, ...
+        raise DataError(
+            f"data.path: {path!r} is not a local file or directory, and loading it from the Hugging Face Hub "
+            f"failed ({type(e).__name__}: {str(e)[:300]}); fix the path or the hub id (and data.subset)"
+        ) from e
 
 
 class PromptSampler:

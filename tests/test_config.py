@@ -28,7 +28,6 @@ RECIPES = sorted(Path(__file__).parents[1].joinpath("recipes").glob("*.yaml"))
         ("model.finetune=qlora", r"model\.finetune: 'qlora' is not one of \['lora', 'full'\]"),
         ("rewards.rules=[{name: math_accuracy, wieght: 2}]", r"did you mean 'rewards\.rules\[0\]\.weight'"),
         ("training.micro_batch_size=5", r"training\.micro_batch_size: 5 must divide the mini-batch \(64"),
-        ("data.path=x.jsonl", r"data: set exactly one of data\.task and data\.path"),
         ("colour=blue", r"unknown key 'colour'"),
         ("algorithm=3", r"algorithm: expected a mapping"),
     ],
