@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from transformers import AttentionInterface, DynamicCache
 
-from rollouts.fused import full_sdpa_attention
+from rollouts.fused import CACHE_KWARG, full_sdpa_attention
 from rollouts.records import SequenceTensors
 
 PACKED = "r1kit_packed"  # the attention implementation name registered below
@@ -110,7 +110,7 @@ def shared_prompt_logprobs(
         input_ids=seq.input_ids_BL[first_U, :P],
         attention_mask=seq.attention_mask_BL[first_U, :P],
         position_ids=seq.position_ids_BL[first_U, :P],
-        past_key_values=cache,
+        **{CACHE_KWARG: cache},
         use_cache=True,
         logits_to_keep=1,
     )
@@ -119,7 +119,7 @@ def shared_prompt_logprobs(
         input_ids=seq.input_ids_BL[:, P:],
         attention_mask=seq.attention_mask_BL,
         position_ids=seq.position_ids_BL[:, P:],
-        past_key_values=cache,
+        **{CACHE_KWARG: cache},
         use_cache=True,
         logits_to_keep=T,
     )

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import yaml
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -55,20 +56,64 @@ def smooth(y: pd.Series) -> pd.Series:
     return y.astype(float).ewm(span=span, ignore_na=True).mean()
 
 
+def _span(n: int) -> int:
+    return min(max(n // 10, 2), 50)
+
+
 def _trend(y: pd.Series, higher_is_better: bool | None) -> tuple[str, str]:
-    """'0.31 → 0.72 (+0.41)' of the smoothed curve, and the colour saying whether that is good."""
-    s = smooth(y).dropna()
+    """'0.31 → 0.72 (+0.41)' of the smoothed curve, and the colour saying whether that is good.
+
+    A change is coloured only when it exceeds the noise: twice the standard error of the difference between the
+    smoothed curve's ends. The scatter of one step is the raw curve's around the smooth one; the debiased EMA starts
+    at the first raw value (one step's scatter) and ends as an average of about ``span`` steps.
+
+    >>> import pandas as pd
+    >>> _trend(pd.Series([0.5, 0.6, 0.4, 0.55, 0.45, 0.5, 0.6, 0.4, 0.5, 0.52]), True)[1] == FLAT
+    True
+    >>> _trend(pd.Series([0.1 * i for i in range(10)]), True)[1] == UP
+    True
+    """
+    raw = y.astype(float).dropna()
+    s = smooth(raw)
     if s.empty:
         return "no data", FLAT
     first, last = float(s.iloc[0]), float(s.iloc[-1])
     delta = last - first
     scale = max(abs(first), abs(last), 1e-12)
-    if higher_is_better is None or abs(delta) < 1e-3 * scale:
+    noise = float((raw - s).std()) if len(raw) > 2 else 0.0
+    within_noise = abs(delta) <= 2 * noise * math.sqrt(1 + 1 / _span(len(raw)))
+    if higher_is_better is None or abs(delta) < 1e-3 * scale or within_noise:
         color = FLAT
     else:
         color = UP if (delta > 0) == higher_is_better else DOWN
     arrow = "▲" if delta > 0 else "▼" if delta < 0 else "="
-    return f"{first:.3g} → {last:.3g} ({arrow} {delta:+.3g})", color
+    note = ", within noise" if within_noise and higher_is_better is not None and delta else ""
+    return f"{first:.3g} → {last:.3g} ({arrow} {delta:+.3g}{note})", color
+
+
+def constant_value(y: pd.Series) -> float | None:
+    """The value of a series that never changes (None when it does, or has no data).
+
+    >>> import pandas as pd
+    >>> constant_value(pd.Series([0.0, 0.0, float("nan")])), constant_value(pd.Series([0.0, 0.1]))
+    (0.0, None)
+    """
+    v = y.astype(float).dropna()
+    if v.empty or float(v.max() - v.min()) > 1e-12 * max(1.0, float(v.abs().max())):
+        return None
+    return float(v.iloc[0])
+
+
+def _keep_scale(ax, y: pd.Series) -> None:
+    """Do not let autoscaling blow noise up into cliffs: show at least 10% of the values' magnitude."""
+    v = y.astype(float).dropna()
+    if v.empty:
+        return
+    lo, hi = ax.get_ylim()
+    need = max(0.1 * float(v.abs().max()), 1e-3)
+    if hi - lo < need:
+        mid = (float(v.max()) + float(v.min())) / 2
+        ax.set_ylim(mid - need / 2, mid + need / 2)
 
 
 def _curve(ax, y: pd.Series, color: str) -> None:
@@ -94,6 +139,8 @@ def _panel(
     ax.set_ylabel(ylabel)
     if fraction:  # a share is read against its whole range: 0.02 must not look like a cliff
         ax.set_ylim(-0.02, min(1.02, max(0.1, 1.2 * float(y.max()))))
+    else:
+        _keep_scale(ax, y)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
 
@@ -152,11 +199,36 @@ def length_figure(df: pd.DataFrame) -> Figure:
 
 def metric_figure(
     df: pd.DataFrame, key: str, *, title: str, ylabel: str, higher_is_better: bool | None = None,
-    fraction: bool = False,
+    fraction: bool = False, why_constant: str | None = None,
 ) -> Figure:  # fmt: skip
+    """One metric's curve; a metric that never changed gets a sentence saying so (and why, when known by
+    construction) instead of a flat line that reads like a measurement."""
     fig = Figure(figsize=(7, 3.6), layout="constrained")
-    _panel(fig.subplots(), df[key], title=title, ylabel=ylabel, higher_is_better=higher_is_better, fraction=fraction)
+    ax = fig.subplots()
+    value = constant_value(df[key])
+    if value is None:
+        _panel(ax, df[key], title=title, ylabel=ylabel, higher_is_better=higher_is_better, fraction=fraction)
+        return fig
+    ax.set_title(f"{title}: {value:.3g} at every step", color=FLAT, fontsize=11, fontweight="bold")
+    text = f"{key} = {value:.3g} on all {int(df[key].notna().sum())} logged steps"
+    ax.text(0.5, 0.5, text + (f"\n{why_constant}" if why_constant else ""), ha="center", va="center",
+            wrap=True, fontsize=10, transform=ax.transAxes)  # fmt: skip
+    ax.set_axis_off()
     return fig
+
+
+def why_constant(key: str, config: dict | None) -> str | None:
+    """Why a metric cannot change in this run, from its resolved recipe (``RUN/config.yaml``).
+
+    >>> why_constant("clip_frac", {"algorithm": {"num_iterations": 1, "batch_size": 64, "mini_batch_size": None}})
+    'by construction: one update per batch, so every ratio is 1 and none is clipped'
+    """
+    algo = (config or {}).get("algorithm") or {}
+    if key == "clip_frac" and algo.get("num_iterations", 1) == 1:
+        mb = algo.get("mini_batch_size") or algo.get("batch_size")
+        if mb == algo.get("batch_size"):
+            return "by construction: one update per batch, so every ratio is 1 and none is clipped"
+    return None
 
 
 def _load_matrix(load: Sequence[Sequence[float]]) -> np.ndarray:
@@ -228,6 +300,8 @@ def figures(run_dir: str | Path) -> tuple[dict[str, Figure], dict[str, str]]:
     df = load_metrics(run_dir)
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    config_path = run_dir / "config.yaml"
+    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else None
     figs: dict[str, Figure] = {}
     skipped: dict[str, str] = {}
     if reward_keys(df):
@@ -240,7 +314,8 @@ def figures(run_dir: str | Path) -> tuple[dict[str, Figure], dict[str, str]]:
         skipped["completion_length"] = "no completion_len metric"
     for name, (key, title, ylabel, better, fraction) in SCALAR_PLOTS.items():
         if key in df and df[key].notna().any():
-            figs[name] = metric_figure(df, key, title=title, ylabel=ylabel, higher_is_better=better, fraction=fraction)
+            figs[name] = metric_figure(df, key, title=title, ylabel=ylabel, higher_is_better=better,
+                                       fraction=fraction, why_constant=why_constant(key, config))  # fmt: skip
         else:
             skipped[name] = f"{key!r} not logged" + (" (algorithm.beta = 0: no KL term)" if key == "kl" else "")
     if EXPERT_LOAD in df and df[EXPERT_LOAD].notna().any():

@@ -9,7 +9,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-console = Console(stderr=True)
+# In a log file (CI, nohup, a notebook's captured stderr) rich would wrap at 80 columns and cut the progress line:
+# write long lines whole there instead.
+console = Console(stderr=True, soft_wrap=True)
 
 # Shown on the progress line, in this order, when present in a step's metrics.
 LIVE_KEYS = ("reward", "kl", "clip_frac", "completion_len", "tokens_per_s")
@@ -33,7 +35,8 @@ class StepProgress:
     def __init__(self, total: int, start: int, enabled: bool = True) -> None:
         self.progress = Progress(
             TextColumn("[bold]GRPO"), BarColumn(bar_width=20), MofNCompleteColumn(), TimeElapsedColumn(),
-            TimeRemainingColumn(), TextColumn("{task.fields[line]}"), console=console, disable=not enabled,
+            TimeRemainingColumn(), TextColumn("{task.fields[line]}"), console=console,
+            disable=not enabled or not console.is_terminal,  # no live bar in a log file: plain lines (update)
         )  # fmt: skip
         self.task = self.progress.add_task("train", total=total, completed=start, line="")
         self.enabled = enabled

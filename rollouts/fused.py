@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import inspect
 import sys
 from collections.abc import Callable
 
@@ -37,6 +38,17 @@ from torch.nn.utils import parametrize
 from transformers import DynamicCache
 
 from rl.registry import Registry
+
+
+def _cache_kwarg() -> str:
+    """The forward's name for the KV cache: transformers renamed ``past_key_values`` to ``cache`` (the old name warns
+    a FutureWarning on every call and goes in 5.40)."""
+    from transformers import LlamaForCausalLM
+
+    return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+
+
+CACHE_KWARG = _cache_kwarg()
 
 FUSED_DECODERS: Registry[type] = Registry("fused decoder")  # config.model_type -> decoder class
 IDLE_WHEN_SAMPLING = "r1kit_idle_when_sampling"  # attribute on hooks that do nothing during sampling

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from rollouts.fused import full_sdpa_attention, fused_decoder
+from rollouts.fused import CACHE_KWARG, full_sdpa_attention, fused_decoder
 
 
 @dataclass
@@ -95,7 +95,7 @@ def _sample(model, prompt_ids, repeats, *, max_new_tokens, eos_ids, pad_id, temp
     # As generate: positions count real tokens; left padding gets position 1 (masked out anyway).
     pos_UP = (attn_UP.cumsum(-1) - 1).masked_fill(~attn_UP, 1)
     cache = DynamicCache(config=model.config)
-    out = model(input_ids=ids_UP, attention_mask=attn_UP, position_ids=pos_UP, past_key_values=cache,
+    out = model(input_ids=ids_UP, attention_mask=attn_UP, position_ids=pos_UP, **{CACHE_KWARG: cache},
                 use_cache=True, logits_to_keep=1)  # fmt: skip
     row_U = torch.arange(len(prompt_ids), device=device).repeat_interleave(torch.tensor(repeats, device=device))
     cache.batch_select_indices(row_U)  # share each prompt's KV cache with its group: prefilled once, not G times
@@ -133,7 +133,7 @@ def _sample(model, prompt_ids, repeats, *, max_new_tokens, eos_ids, pad_id, temp
         else:
             mask = attn_nL[:, None, None, :] if own_mask else attn_nL
             out = model(input_ids=tok_n[:, None], attention_mask=mask, position_ids=next_pos_n[:, None],
-                        past_key_values=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
+                        **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1)  # fmt: skip
             logits_nV = out.logits[:, -1].float()
         next_pos_n = next_pos_n + 1
     lengths = (tok_BT >= 0).sum(-1).tolist()
