@@ -40,5 +40,8 @@ def run_dir_from_env(var: str = "R1KIT_RUN", *, steps: int = 3) -> Path:
         if not (path / "metrics.jsonl").is_file():
             raise FileNotFoundError(f"${var}={given} is not an r1kit run directory (no metrics.jsonl)")
         return path
-    print(f"${var} is not set: training the tiny recipe for {steps} steps (about a minute on a CPU)...")
+    print(
+        f"${var} is not set: training the tiny recipe for {steps} steps (a few minutes on a CPU the first time, "
+        "while the tiny base is built and cached)..."
+    )
     return train_tiny(Path(tempfile.mkdtemp(prefix="r1kit-run-")), steps=steps)
