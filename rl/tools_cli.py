@@ -64,37 +64,28 @@ def _one_line_doc(obj: Any) -> str:
     return module_doc if f"``{getattr(fn, '__name__', '')}``" in module_doc else ""
 
 
-def _import_file(path: Path) -> Any:
-    import importlib.util
-
-    name = f"r1kit_listed_rewards_{abs(hash(path.resolve()))}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)  # registers whatever the file decorates with @register_reward
-    return module
-
-
 def _file_rewards(path: Path, module: Any, registered: set[int]) -> dict[str, Any]:
-    """Plain batch functions defined in the file (first parameters ``prompts, completions``), by recipe reference."""
+    from rewards.base import keyword_parameters
+
+    """Plain batch functions defined in the file (taking ``completions``), by their recipe reference."""
     found = {}
     for name, obj in vars(module).items():
         if not inspect.isfunction(obj) or obj.__module__ != module.__name__ or id(obj) in registered:
             continue
-        if list(inspect.signature(obj).parameters)[:2] == ["prompts", "completions"]:
+        if "completions" in keyword_parameters(obj):  # what r1kit and TRL pass by keyword to every reward
             found[f"{path}:{name}"] = obj
     return found
 
 
 def _rewards(args: argparse.Namespace) -> int:
     import rewards  # noqa: F401  (registers the built-in rules)
-    from rewards.base import REWARDS, required_columns
+    from rewards.base import REWARDS, load_module, required_columns
 
     module = None
     if args.load:
         if not args.load.is_file():
             raise ConfigError(f"--load: {str(args.load)!r} does not exist; pass the path of a Python file of rewards")
-        module = _import_file(args.load)
+        module = load_module(str(args.load))  # registers whatever the file decorates with @register_reward
     listed = {name: REWARDS.get(name) for name in REWARDS.names()}
     if module is not None:
         listed |= _file_rewards(args.load, module, {id(fn) for fn in listed.values()})
