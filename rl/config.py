@@ -23,6 +23,15 @@ from rl.configio import ConfigError, apply_overrides, check_keys, from_dict, to_
 log = logging.getLogger(__name__)
 
 
+def looks_like_a_path(ref: str) -> bool:
+    """Whether a model reference is written as a local path rather than a hub id (``name`` or ``org/name``).
+
+    >>> [looks_like_a_path(r) for r in ["./ckpt", "/models/x", "~/m", "runs/a/final", "Qwen/Qwen3-30B-A3B", "gpt2"]]
+    [True, True, True, True, False, False]
+    """
+    return ref.startswith((".", "/", "~")) or ref.count("/") > 1
+
+
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)

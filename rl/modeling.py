@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rl.config import DataConfig, ModelConfig
+from rl.config import DataConfig, ModelConfig, looks_like_a_path
 from rl.configio import ConfigError
 from rl.tiny import ensure_tiny_base, parse_tiny_ref
 
@@ -66,13 +66,14 @@ def resolve_source(cfg: ModelConfig, data: DataConfig) -> str:
     if name.startswith("tiny://"):
         try:
             family, task = parse_tiny_ref(name)
-        except (ValueError, KeyError) as e:
-            raise ConfigError(f"model.name_or_path: {str(e).strip(chr(34))}") from None
+        except (ValueError, KeyError) as e:  # a malformed ref, an unknown family (the registry's KeyError)
+            msg = str(e.args[0])
+            raise ConfigError(msg if msg.startswith("model.name_or_path") else f"model.name_or_path: {msg}") from None
         same_task = data.task == task
         seed, n_eval = (data.seed, data.num_eval) if same_task else (DataConfig.seed, DataConfig.num_eval)
         return str(ensure_tiny_base(name, eval_seed=seed, n_eval=n_eval, cfg=cfg.tiny))
     p = Path(name).expanduser()
-    if not p.is_dir() and (name.startswith((".", "/", "~")) or name.count("/") > 1 or p.is_file()):
+    if not p.is_dir() and (looks_like_a_path(name) or p.is_file()):
         raise ConfigError(
             f"model.name_or_path: {name!r} is not a model directory (relative paths are read from {Path.cwd()}); "
             "fix the path, or give a hub id such as 'Qwen/Qwen3-30B-A3B' or a tiny://family/task base"
@@ -86,19 +87,30 @@ def resolve_source(cfg: ModelConfig, data: DataConfig) -> str:
 
 
 @contextlib.contextmanager
-def _loading(source: str, what: str) -> Iterator[None]:
-    """Turn a failed ``from_pretrained`` of a missing hub id or a directory without weights into a message."""
+def _loading(source: str, what: str, key: str = "model.name_or_path") -> Iterator[None]:
+    """Turn a failed ``from_pretrained`` of a missing hub id or a directory without weights into a message naming
+    ``key`` (the recipe key, or a command's argument)."""
     try:
         yield
     except OSError as e:  # transformers raises OSError (incl. its repo-id validation) for what it cannot find
         raise ConfigError(
-            f"model.name_or_path: loading the {what} from {source!r} failed ({str(e).splitlines()[0][:300]}); "
+            f"{key}: loading the {what} from {source!r} failed ({str(e).splitlines()[0][:300]}); "
             "check the directory or hub id (and model.revision)"
         ) from e
 
 
-def load_tokenizer(source: str, cfg: ModelConfig):
-    with _loading(source, "tokenizer"):
+def load_pretrained(source: str, cfg: ModelConfig, *, key: str = "model.name_or_path") -> torch.nn.Module:
+    """``AutoModelForCausalLM.from_pretrained`` with the recipe's revision, dtype, remote-code and attention
+    settings; a failure is a ``ConfigError`` naming ``key``."""
+    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code, "dtype": DTYPES[cfg.dtype]}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    with _loading(source, "model", key):
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+
+
+def load_tokenizer(source: str, cfg: ModelConfig, *, key: str = "model.name_or_path"):
+    with _loading(source, "tokenizer", key):
         tok = AutoTokenizer.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     tok.padding_side = "left"
     if tok.pad_token is None:
@@ -109,12 +121,7 @@ def load_tokenizer(source: str, cfg: ModelConfig):
 def load_policy(cfg: ModelConfig, data: DataConfig, *, need_reference: bool, device: torch.device) -> Policy:
     source = resolve_source(cfg, data)
     tokenizer = load_tokenizer(source, cfg)
-    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code, "dtype": DTYPES[cfg.dtype]}
-    if cfg.attn_implementation:
-        kwargs["attn_implementation"] = cfg.attn_implementation
-    with _loading(source, "model"):
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    model = model.to(device)
+    model = load_pretrained(source, cfg).to(device)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if cfg.gradient_checkpointing:

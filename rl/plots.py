@@ -45,6 +45,11 @@ def load_metrics(run_dir: str | Path) -> pd.DataFrame:
     return df.drop_duplicates("step", keep="last").set_index("step").sort_index()
 
 
+def _span(n: int) -> int:
+    """The EMA span for a curve of ``n`` steps."""
+    return min(max(n // 10, 2), 50)
+
+
 def smooth(y: pd.Series) -> pd.Series:
     """Debiased EMA whose span grows with the run (2 for a few steps, 50 at most); NaN steps are skipped.
 
@@ -52,12 +57,7 @@ def smooth(y: pd.Series) -> pd.Series:
     >>> smooth(pd.Series([0.0, 1.0, 1.0])).round(3).tolist()
     [0.0, 0.75, 0.923]
     """
-    span = min(max(len(y) // 10, 2), 50)
-    return y.astype(float).ewm(span=span, ignore_na=True).mean()
-
-
-def _span(n: int) -> int:
-    return min(max(n // 10, 2), 50)
+    return y.astype(float).ewm(span=_span(len(y)), ignore_na=True).mean()
 
 
 def _trend(y: pd.Series, higher_is_better: bool | None) -> tuple[str, str]:

@@ -126,20 +126,6 @@ def is_run_dir(path: Path) -> bool:
     return path.is_dir() and (path / "config.yaml").is_file()
 
 
-def _from_pretrained(source: str, mcfg, *, arg: str):
-    from transformers import AutoModelForCausalLM
-
-    from rl.modeling import DTYPES
-
-    kwargs = {"revision": mcfg.revision, "trust_remote_code": mcfg.trust_remote_code, "dtype": DTYPES[mcfg.dtype]}
-    if mcfg.attn_implementation:
-        kwargs["attn_implementation"] = mcfg.attn_implementation
-    try:
-        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except OSError as e:
-        raise ConfigError(f"{arg}: could not load a model from {source!r}: {e}") from None
-
-
 def _lora_base(final: Path, cfg) -> str:
     """The adapter's base; a ``tiny://`` base missing from the r1kit cache is rebuilt from the run's recipe."""
     from rl.modeling import resolve_source
@@ -184,19 +170,19 @@ def load_run(run: Path) -> LoadedModel:
         if not list((run / "checkpoints").glob("step-*")):
             raise ConfigError(f"{run}: the run has no final weights yet (no final/, no checkpoints/step-*)")
     from rl.config import load_recipe
-    from rl.modeling import load_tokenizer, quiet_peft
+    from rl.modeling import load_pretrained, load_tokenizer, quiet_peft
 
     cfg = load_recipe(run / "config.yaml")
     if (final / "adapter_config.json").is_file():
         from peft import PeftModel
 
         lora_base = _lora_base(final, cfg)
-        base = _from_pretrained(lora_base, cfg.model, arg="base model")
+        base = load_pretrained(lora_base, cfg.model, key="base model")
         with quiet_peft():
             model = PeftModel.from_pretrained(base, final)
         tokenizer = load_tokenizer(str(final), cfg.model)
     elif (final / "config.json").is_file():
-        model, tokenizer = _from_pretrained(str(final), cfg.model, arg="RUN"), load_tokenizer(str(final), cfg.model)
+        model, tokenizer = load_pretrained(str(final), cfg.model, key="RUN"), load_tokenizer(str(final), cfg.model)
     else:
         model, tokenizer = _load_checkpoint_weights(run, cfg)
         lora_base = getattr(getattr(model, "peft_config", {}).get("default"), "base_model_name_or_path", None)
@@ -205,32 +191,30 @@ def load_run(run: Path) -> LoadedModel:
 
 def load_model(ref: str, *, arg: str) -> LoadedModel:
     """A run directory, a local model directory, ``tiny://family/task`` or a hub id (see ``MODEL_HELP``)."""
+    from rl.config import looks_like_a_path
+
     path = Path(ref).expanduser()
     if is_run_dir(path):
         return load_run(path)
     if not ref.startswith("tiny://") and path.exists() and not (path / "config.json").is_file():
         raise ConfigError(f"{arg}: {ref!r} is neither a run directory (config.yaml) nor a model (config.json)")
-    if not ref.startswith("tiny://") and not path.exists() and (ref.startswith(("/", ".", "~")) or ref.count("/") > 1):
+    if not ref.startswith("tiny://") and not path.exists() and looks_like_a_path(ref):
         raise ConfigError(f"{arg}: {ref!r} does not exist; pass {MODEL_HELP}")
     from rl.config import DataConfig, ModelConfig, RolloutConfig  # after the checks: a typo answers without torch
-    from rl.modeling import load_tokenizer, resolve_source
+    from rl.modeling import load_pretrained, load_tokenizer, resolve_source
 
     if ref.startswith("tiny://"):
         try:
             source = resolve_source(ModelConfig(name_or_path=ref), DataConfig())
-        except (KeyError, ValueError) as e:
-            msg = str(e.args[0] if isinstance(e, KeyError) else e)
-            raise ConfigError(f"{arg}: {msg.removeprefix('model.name_or_path: ')}") from None
+        except ConfigError as e:  # it names the recipe key; here the value came from an argument
+            raise ConfigError(f"{arg}: {str(e).removeprefix('model.name_or_path: ')}") from None
     elif path.exists():
         source = str(path)
     else:
         source = ref  # a hub id
     mcfg = ModelConfig(name_or_path=source)
-    model = _from_pretrained(source, mcfg, arg=arg)
-    try:
-        tokenizer = load_tokenizer(source, mcfg)
-    except OSError as e:
-        raise ConfigError(f"{arg}: could not load a tokenizer from {source!r}: {e}") from None
+    model = load_pretrained(source, mcfg, key=arg)
+    tokenizer = load_tokenizer(source, mcfg, key=arg)
     return LoadedModel(model.eval(), tokenizer, DataConfig().template, RolloutConfig().max_new_tokens, None)
 
 

@@ -256,11 +256,16 @@ class GRPOTrainer:
             )  # fmt: skip
 
     def _score(self, batch: RolloutBatch) -> tuple[RewardScores, torch.Tensor]:
-        scores = self.scorer.score(
+        scores = self._score_rewards(batch)
+        return scores, torch.tensor([math.nan if v is None else v for v in scores.total], dtype=torch.float32)
+
+    def _score_rewards(self, batch: RolloutBatch) -> RewardScores:
+        """Every reward on ``batch``, called as TRL calls them (chat messages for a conversational dataset, token
+        ids, the trainer state)."""
+        return self.scorer.score(
             batch.reward_prompts, batch.reward_completions, batch.columns(), completion_ids=batch.completion_ids,
             trainer_state=trainer_state(global_step=self.step, max_steps=self.cfg.training.max_steps),
         )  # fmt: skip
-        return scores, torch.tensor([math.nan if v is None else v for v in scores.total], dtype=torch.float32)
 
     def _logprobs(self, model, seq: SequenceTensors) -> torch.Tensor:
         # One padded forward when router hooks observe it (they need the padded layout, rl.moe.control) or when a
@@ -346,10 +351,7 @@ class GRPOTrainer:
         sums = dict.fromkeys(["_n", "completion_len", *labels], 0.0)
         if prompts:
             batch = self.backend.generate(prompts, list(range(len(prompts))), num_generations=1, greedy=True)
-            scores = self.scorer.score(
-                batch.reward_prompts, batch.reward_completions, batch.columns(), completion_ids=batch.completion_ids,
-                trainer_state=trainer_state(global_step=self.step, max_steps=self.cfg.training.max_steps),
-            )  # fmt: skip
+            scores = self._score_rewards(batch)
             sums.update({label: sum(v or 0.0 for v in vals) for label, vals in scores.values.items()})
             sums["_n"], sums["completion_len"] = len(batch), sum(c.num_tokens for c in batch.completions)
         sums = self.dist.sum(sums)

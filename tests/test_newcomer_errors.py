@@ -108,6 +108,8 @@ def test_a_directory_without_a_model(tmp_path, capsys):
 def test_bad_tiny_ref(tmp_path, capsys):
     err = _train(tmp_path, capsys, "model.name_or_path=tiny://gpt9/arith")
     assert "model.name_or_path" in err and "gpt9" in err and "deepseek_v3" in err
+    err = _train(tmp_path, capsys, "model.name_or_path=tiny://deepseek_v3")  # no task
+    assert err.count("model.name_or_path") == 1 and "tiny://<family>/<task>" in err
 
 
 def test_reward_returning_none(tmp_path, capsys, tiny_random_model_dir):
