@@ -39,7 +39,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from rl.registry import Registry
+from core.registry import Registry
 
 RewardFn = Callable[..., list]
 

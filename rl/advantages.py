@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from rl.registry import Registry
+from core.registry import Registry
 
 ADVANTAGES: Registry[Callable[..., torch.Tensor]] = Registry("advantage estimator")
 STD_SCALES = ("group", "batch", "none")

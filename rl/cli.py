@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from rl.configio import ConfigError
+from core.configio import ConfigError
 from rl.inspect_cli import add_commands as add_inspect_commands
 from rl.tools_cli import add_commands as add_tool_commands
 from rl.tools_cli import package_version

@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
+from core.configio import ConfigError, apply_overrides, check_keys, from_dict, to_dict
 from rewards.scoring import RewardSpec
-from rl.configio import ConfigError, apply_overrides, check_keys, from_dict, to_dict
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from core.configio import ConfigError
 from rl.config import AlgorithmConfig, TrainingConfig
-from rl.configio import ConfigError
 from rollouts.records import Prompt, RolloutBatch
 
 T = TypeVar("T")

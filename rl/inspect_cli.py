@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rl.configio import ConfigError
+from core.configio import ConfigError
 
 FILTER_HELP = """\
 a pandas DataFrame.query expression over the rollout columns (your own expression, evaluated with pandas'

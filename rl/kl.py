@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 
-from rl.registry import Registry
+from core.registry import Registry
 
 KL_ESTIMATORS: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry("kl estimator")
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from transformers import AttentionInterface, DynamicCache
 
-from rollouts.fused import CACHE_KWARG, full_sdpa_attention
+from core.hf import CACHE_KWARG, full_sdpa_attention
 from rollouts.records import SequenceTensors
 
 PACKED = "r1kit_packed"  # the attention implementation name registered below

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from rl.registry import Registry
+from core.registry import Registry
 
 LossOutput = tuple[torch.Tensor, dict[str, torch.Tensor]]
 LOSSES: Registry[Callable[..., LossOutput]] = Registry("loss")

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from core.configio import ConfigError
 from rl.config import DataConfig, ModelConfig, looks_like_a_path
-from rl.configio import ConfigError
 from rl.tiny import ensure_tiny_base, parse_tiny_ref
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from rl.configio import ConfigError
-from rl.registry import Registry
+from core.configio import ConfigError
+from core.registry import Registry
 
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
 

@@ -23,7 +23,8 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from rl.runlog import atomic_write, read_metrics
+from core.files import atomic_write
+from rl.runlog import read_metrics
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -326,7 +327,7 @@ def figures(run_dir: str | Path) -> tuple[dict[str, Figure], dict[str, str]]:
 
 
 def save_png(fig: Figure, path: Path) -> None:
-    """Atomic PNG write (``rl.runlog.atomic_write``): a reader, or a crash, never sees half an image."""
+    """Atomic PNG write (``core.files.atomic_write``): a reader, or a crash, never sees half an image."""
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 

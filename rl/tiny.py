@@ -26,9 +26,9 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedTokenizerFast
 
+from core.files import current_umask
+from core.registry import Registry
 from rl.config import PretrainConfig  # noqa: F401  (re-exported: its home was here)
-from rl.registry import Registry
-from rl.runlog import current_umask
 from rollouts.tasks import DEMOS, TEMPLATES, split_examples
 
 log = logging.getLogger(__name__)

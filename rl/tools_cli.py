@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rl.configio import ConfigError
+from core.configio import ConfigError
 
 MODEL_HELP = (
     "a run directory (holding config.yaml and final/), a local model directory, a hub id (org/name) or "

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
 
-from rl.registry import Registry
+from core.registry import Registry
 
 
 class TrackerUnavailableError(ImportError):

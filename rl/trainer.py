@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.files import atomic_write_text
 from rewards.scoring import RewardScorer, RewardScores, bind_rewards, trainer_state
 from rl.advantages import ADVANTAGES
 from rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trainable_state
@@ -34,7 +35,7 @@ from rl.modeling import Policy, load_policy, load_tokenizer, resolve_source, sav
 from rl.moe.control import attach_router_control
 from rl.optim import OPTIMIZERS
 from rl.progress import StepProgress, console, summary_table
-from rl.runlog import MetricsLog, atomic_write_text
+from rl.runlog import MetricsLog
 from rl.trackers import open_trackers
 from rollouts.backends import BACKENDS
 from rollouts.data import PromptSampler, PromptSets, load_prompt_sets

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rl.registry import Registry
+from core.registry import Registry
 from rollouts.tasks import R1_SYSTEM_PROMPT, TEMPLATES
 
 

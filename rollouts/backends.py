@@ -13,7 +13,7 @@ from typing import Protocol
 
 import torch
 
-from rl.registry import Registry
+from core.registry import Registry
 from rollouts.records import Completion, Prompt, RolloutBatch
 from rollouts.sampler import sample
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import abc
 import functools
-import inspect
 import sys
 from collections.abc import Callable
 
@@ -37,18 +36,8 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 from transformers import DynamicCache
 
-from rl.registry import Registry
-
-
-def _cache_kwarg() -> str:
-    """The forward's name for the KV cache: transformers renamed ``past_key_values`` to ``cache`` (the old name warns
-    a FutureWarning on every call and goes in 5.40)."""
-    from transformers import LlamaForCausalLM
-
-    return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
-
-
-CACHE_KWARG = _cache_kwarg()
+from core.hf import full_sdpa_attention
+from core.registry import Registry
 
 FUSED_DECODERS: Registry[type] = Registry("fused decoder")  # config.model_type -> decoder class
 IDLE_WHEN_SAMPLING = "r1kit_idle_when_sampling"  # attribute on hooks that do nothing during sampling
@@ -354,19 +343,6 @@ def fused_decoder(model: torch.nn.Module, cache: DynamicCache, capacity: int) ->
 def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model inside a peft wrapper (its LoRA layers in place), or the model itself."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def full_sdpa_attention(config) -> bool:
-    """Whether every layer of a model with this (text) config runs sdpa attention over all earlier positions: no
-    eager (additive float masks) or flash attention, no sliding windows or chunks. The fused decode step, the
-    sampler's ready-made decode mask and the packed training forward all build masks that assume it."""
-    layer_types = getattr(config, "layer_types", None) or []
-    return (
-        getattr(config, "_attn_implementation", None) == "sdpa"
-        and all(t == "full_attention" for t in layer_types)
-        and not getattr(config, "sliding_window", None)
-        and not getattr(config, "attention_chunk_size", None)
-    )
 
 
 def unsupported(model: torch.nn.Module) -> str | None:

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from rollouts.fused import CACHE_KWARG, full_sdpa_attention, fused_decoder
+from core.hf import CACHE_KWARG, full_sdpa_attention
+from rollouts.fused import fused_decoder
 
 
 @dataclass

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rl.runlog import atomic_write
+from core.files import atomic_write
 from rollouts.records import RolloutBatch
 
 if TYPE_CHECKING:  # pyarrow (~30 MB resident) is imported where a file is written or read, not by the trainer's import
@@ -126,7 +126,7 @@ def _mean(xs: Sequence[float] | None) -> float | None:
 
 
 def write_table_atomic(table: pa.Table, path: Path) -> None:
-    """Write ``table`` as Parquet atomically (see ``rl.runlog.atomic_write``)."""
+    """Write ``table`` as Parquet atomically (see ``core.files.atomic_write``)."""
     import pyarrow.parquet as pq
 
     atomic_write(path, lambda f: pq.write_table(table, f))

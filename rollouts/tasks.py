@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rl.registry import Registry
+from core.registry import Registry
 from rollouts.records import Prompt
 
 # DeepSeek-R1-Zero's instruction (DeepSeek-R1 paper, Table 1): the plain ``r1`` template, and the system message of

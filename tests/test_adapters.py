@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from core.configio import ConfigError
 from rl.config import load_recipe
-from rl.configio import ConfigError
 from rollouts.adapters import ADAPTERS, prompt_formatter
 from rollouts.data import load_prompt_sets
 from rollouts.tasks import R1_SYSTEM_PROMPT, TEMPLATES

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from core.configio import ConfigError
 from rl.config import RecipeConfig, dump_recipe, load_recipe
-from rl.configio import ConfigError
 
 RECIPES = sorted(Path(__file__).parents[1].joinpath("recipes").glob("*.yaml"))
 

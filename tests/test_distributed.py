@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.configio import ConfigError
 from rl.config import AlgorithmConfig, TrainingConfig
-from rl.configio import ConfigError
 from rl.distributed import _reduce, local_sizes
 
 ROOT = Path(__file__).parents[1]

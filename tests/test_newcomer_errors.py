@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.configio import ConfigError
 from rl.cli import main
 from rl.config import dump_recipe, load_recipe
-from rl.configio import ConfigError
 
 TESTS = Path(__file__).parent
 RECIPE = TESTS.parent / "recipes" / "r1_zero_tiny.yaml"
@@ -198,8 +198,8 @@ def test_file_dataset_num_eval_and_seed_do_not_rebuild_the_tiny_base(monkeypatch
 
 # ------------------------------------------------------------------------------------------ run files, resume
 def test_run_files_are_readable_by_others_under_umask_022(tmp_path, fake_run_dir, fake_step):
+    from core.files import atomic_write_text
     from rl.plots import write_plots
-    from rl.runlog import atomic_write_text
     from rollouts.store import RolloutStore
 
     old = os.umask(0o022)

@@ -6,8 +6,8 @@ import types
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from core.configio import ConfigError
 from rl.config import LoggingConfig
-from rl.configio import ConfigError
 from rl.runlog import read_metrics
 from rl.trackers import TRACKERS, TrackerUnavailableError, open_trackers
 

@@ -177,7 +177,7 @@ def test_adamw_8bit_is_built_from_bitsandbytes(tiny_random_model_dir, tmp_path, 
 def test_adamw_8bit_without_bitsandbytes_says_how_to_install(monkeypatch):
     import sys
 
-    from rl.configio import ConfigError
+    from core.configio import ConfigError
     from rl.optim import OPTIMIZERS
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails as if not installed

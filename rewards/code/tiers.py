@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rl.registry import Registry
+from core.registry import Registry
 
 # The system prefix the interpreter needs, mounted/allowed read-only; symlinked on merged-/usr distributions.
 _SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rl.registry import Registry
+from core.registry import Registry
 
 
 def softmax_topk_weights(logits_NE: torch.Tensor, idx_NK: torch.Tensor, *, norm_topk_prob: bool) -> torch.Tensor:
