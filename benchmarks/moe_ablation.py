@@ -41,8 +41,17 @@ CURVES = ("reward", "clip_frac", "ratio_mean", "moe/flip_rate", "moe/replay_over
 def run_variant(name: str, overrides: list[str], steps: int, out: Path, threads: int) -> dict:
     run_dir = out / name.replace("+", "_")
     sets = [f"training.max_steps={steps}", f"training.torch_threads={threads}", *COMMON, *overrides]
-    cmd = [sys.executable, "-m", "rl.cli", "train", str(ROOT / "recipes" / "r1_zero_tiny.yaml"),
-           "--output-dir", str(run_dir), "--overwrite", *[a for s in sets for a in ("--set", s)]]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "rl.cli",
+        "train",
+        str(ROOT / "recipes" / "r1_zero_tiny.yaml"),
+        "--output-dir",
+        str(run_dir),
+        "--overwrite",
+        *[a for s in sets for a in ("--set", s)],
+    ]
     t0 = time.time()
     with open(out / f"{run_dir.name}.log", "w") as log:
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -84,9 +93,12 @@ def plot(results: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     color = {name: f"C{i}" for i, name in enumerate(VARIANTS)}  # fixed per variant, across panels
-    panels = [("reward", "training reward (all sampled completions)"), ("moe/flip_rate", "moe/flip_rate"),
-              ("clip_frac", "clip fraction (token for grpo, sequence for gspo)"),
-              ("moe/replay_override_rate", "live-router flips replay overrode")]  # fmt: skip
+    panels = [
+        ("reward", "training reward (all sampled completions)"),
+        ("moe/flip_rate", "moe/flip_rate"),
+        ("clip_frac", "clip fraction (token for grpo, sequence for gspo)"),
+        ("moe/replay_override_rate", "live-router flips replay overrode"),
+    ]
     for ax, (key, title) in zip(axes.flat, panels, strict=False):
         for name, r in results.items():
             ys = r["curves"][key]
@@ -130,8 +142,9 @@ def main() -> int:
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {v: pool.submit(run_variant, v, VARIANTS[v], args.steps, args.out, args.threads)
-                   for v in args.variants}  # fmt: skip
+        futures = {
+            v: pool.submit(run_variant, v, VARIANTS[v], args.steps, args.out, args.threads) for v in args.variants
+        }
         results = {v: f.result() for v, f in futures.items()}
     if args.plot:
         plot(results, args.plot)

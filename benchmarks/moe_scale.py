@@ -21,20 +21,32 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rl.config import load_recipe  # noqa: E402
-from rl.tiny import build_char_tokenizer, tiny_model  # noqa: E402
 from rl.trainer import GRPOTrainer  # noqa: E402
+from rl.zoo.models import build_char_tokenizer, tiny_model  # noqa: E402
 
 
 def build(args, out: Path) -> int:
     tok = build_char_tokenizer()
     sizes = {
-        "hidden_size": args.hidden, "num_hidden_layers": args.layers, "num_attention_heads": args.hidden // 64,
-        "num_key_value_heads": max(args.hidden // 256, 1), "moe_intermediate_size": args.hidden // 2,
-        "intermediate_size": args.hidden * 2, "max_position_embeddings": 4096,
-    }  # fmt: skip
+        "hidden_size": args.hidden,
+        "num_hidden_layers": args.layers,
+        "num_attention_heads": args.hidden // 64,
+        "num_key_value_heads": max(args.hidden // 256, 1),
+        "moe_intermediate_size": args.hidden // 2,
+        "intermediate_size": args.hidden * 2,
+        "max_position_embeddings": 4096,
+    }
     if args.family == "deepseek_v3":
-        sizes.update(n_routed_experts=args.experts, num_key_value_heads=args.hidden // 64, kv_lora_rank=256,
-                     qk_rope_head_dim=32, qk_nope_head_dim=32, v_head_dim=64, n_group=4, topk_group=2)  # fmt: skip
+        sizes.update(
+            n_routed_experts=args.experts,
+            num_key_value_heads=args.hidden // 64,
+            kv_lora_rank=256,
+            qk_rope_head_dim=32,
+            qk_nope_head_dim=32,
+            v_head_dim=64,
+            n_group=4,
+            topk_group=2,
+        )
     elif args.family == "mixtral":
         sizes.update(num_local_experts=args.experts, intermediate_size=args.hidden // 2)
     else:
@@ -66,13 +78,22 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         n_params = build(args, Path(tmp) / "model")
-        cfg = load_recipe(None, [
-            f"model.name_or_path={Path(tmp) / 'model'}", f"model.dtype={args.dtype}",
-            f"model.finetune={args.finetune}",
-            "data.num_train=512", "data.num_eval=0", f"rollout.max_new_tokens={args.max_new_tokens}",
-            f"algorithm.num_generations={args.num_generations}", f"algorithm.batch_size={args.batch}",
-            "training.lr=1e-6", "logging.progress=false", *args.set,
-        ])  # fmt: skip
+        cfg = load_recipe(
+            None,
+            [
+                f"model.name_or_path={Path(tmp) / 'model'}",
+                f"model.dtype={args.dtype}",
+                f"model.finetune={args.finetune}",
+                "data.num_train=512",
+                "data.num_eval=0",
+                f"rollout.max_new_tokens={args.max_new_tokens}",
+                f"algorithm.num_generations={args.num_generations}",
+                f"algorithm.batch_size={args.batch}",
+                "training.lr=1e-6",
+                "logging.progress=false",
+                *args.set,
+            ],
+        )
         trainer = GRPOTrainer(cfg, Path(tmp) / "run")
         cuda = trainer.device.type == "cuda"
         times, tokens, phases = [], [], []
@@ -90,14 +111,19 @@ def main() -> None:
                 phases.append({k: m[k] for k in ("time/generate", "time/reward", "time/train") if k in m})
     result = {
         "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "family": args.family, "params_m": round(n_params / 1e6, 1), "dtype": args.dtype, "finetune": args.finetune,
-        "batch": args.batch, "num_generations": args.num_generations, "max_new_tokens": args.max_new_tokens,
+        "family": args.family,
+        "params_m": round(n_params / 1e6, 1),
+        "dtype": args.dtype,
+        "finetune": args.finetune,
+        "batch": args.batch,
+        "num_generations": args.num_generations,
+        "max_new_tokens": args.max_new_tokens,
         "step_s_median": statistics.median(times),
         "tokens_per_s": statistics.median(t / s for t, s in zip(tokens, times, strict=True)),
         "phase_s_median": {k: statistics.median(ph[k] for ph in phases) for k in phases[0]},
         "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "steps_timed": len(times),
-    }  # fmt: skip
+    }
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

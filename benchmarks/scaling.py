@@ -54,15 +54,35 @@ def main() -> None:
             r = point(extra, a.threads)
             if curve == "model size":
                 label = f"{r['settings']['params'] / 1e6:.1f}M params"
-            rows.append({"curve": curve, "point": label, **{k: r[k] for k in (
-                "r1kit_step_s", "trl_step_s", "speedup", "r1kit_step_cpu_s", "trl_step_cpu_s", "speedup_cpu",
-                "r1kit_tokens_per_s", "trl_tokens_per_s", "r1kit_peak_rss_mb", "trl_peak_rss_mb")}})  # fmt: skip
+            rows.append(
+                {
+                    "curve": curve,
+                    "point": label,
+                    **{
+                        k: r[k]
+                        for k in (
+                            "r1kit_step_s",
+                            "trl_step_s",
+                            "speedup",
+                            "r1kit_step_cpu_s",
+                            "trl_step_cpu_s",
+                            "speedup_cpu",
+                            "r1kit_tokens_per_s",
+                            "trl_tokens_per_s",
+                            "r1kit_peak_rss_mb",
+                            "trl_peak_rss_mb",
+                        )
+                    },
+                }
+            )
             print(f"{curve} {label}: speedup {r['speedup']:.2f} (cpu {r['speedup_cpu']:.2f})", file=sys.stderr)
     print("| curve | point | r1kit s/step | TRL s/step | speedup | speedup (CPU time) | r1kit tok/s | TRL tok/s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['curve']} | {r['point']} | {r['r1kit_step_s']:.3f} | {r['trl_step_s']:.3f} | {r['speedup']:.2f} "
-              f"| {r['speedup_cpu']:.2f} | {r['r1kit_tokens_per_s']:.0f} | {r['trl_tokens_per_s']:.0f} |")  # fmt: skip
+        print(
+            f"| {r['curve']} | {r['point']} | {r['r1kit_step_s']:.3f} | {r['trl_step_s']:.3f} | {r['speedup']:.2f} "
+            f"| {r['speedup_cpu']:.2f} | {r['r1kit_tokens_per_s']:.0f} | {r['trl_tokens_per_s']:.0f} |"
+        )
     if a.json:
         a.json.write_text(json.dumps({"threads": a.threads, "base": BASE, "points": rows}, indent=2) + "\n")
 

@@ -65,9 +65,12 @@ EVAL_SEED, NUM_EVAL = 1234, 256  # the recipe defaults: the cached tiny base was
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="tiny://qwen3_moe/arith",
-                   help="tiny://family/task, pre-trained on first use (the issue's setting is Qwen3-MoE; "
-                   "docs/performance.md also reports tiny://deepseek_v3/arith)")  # fmt: skip
+    p.add_argument(
+        "--model",
+        default="tiny://qwen3_moe/arith",
+        help="tiny://family/task, pre-trained on first use (the issue's setting is Qwen3-MoE; "
+        "docs/performance.md also reports tiny://deepseek_v3/arith)",
+    )
     p.add_argument(
         "--random-init",
         metavar="K=V,...",
@@ -86,20 +89,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--loss", default="grpo", choices=("grpo", "dapo", "dr_grpo"))
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads in each engine's process. 1 by default: on a 2-core machine shared with other "
-                   "jobs, 2 OpenMP threads per process spend most of a step waiting in barriers for a descheduled "
-                   "thread (docs/performance.md); use 2 on a quiet machine")  # fmt: skip
-    p.add_argument("--sample-threads", type=int,
-                   help="r1kit's rollout.torch_threads: its threads while sampling (default: --threads). Within the "
-                   "same --threads budget; TRL has no such setting")  # fmt: skip
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads in each engine's process. 1 by default: on a 2-core machine shared with other "
+        "jobs, 2 OpenMP threads per process spend most of a step waiting in barriers for a descheduled "
+        "thread (docs/performance.md); use 2 on a quiet machine",
+    )
+    p.add_argument(
+        "--sample-threads",
+        type=int,
+        help="r1kit's rollout.torch_threads: its threads while sampling (default: --threads). Within the "
+        "same --threads budget; TRL has no such setting",
+    )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where both engines run")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                   help="weights dtype of both engines (bfloat16 for the GPU comparison)")  # fmt: skip
-    p.add_argument("--trl-default-autocast", action="store_true",
-                   help="leave TRL's own default on: GRPOConfig(bf16=True) autocasts its training forward to bf16, on "
-                   "CPU too, while r1kit stays in --dtype. NOT equal settings: for comparing the two as a new user "
-                   "would run them")  # fmt: skip
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="weights dtype of both engines (bfloat16 for the GPU comparison)",
+    )
+    p.add_argument(
+        "--trl-default-autocast",
+        action="store_true",
+        help="leave TRL's own default on: GRPOConfig(bf16=True) autocasts its training forward to bf16, on "
+        "CPU too, while r1kit stays in --dtype. NOT equal settings: for comparing the two as a new user "
+        "would run them",
+    )
     p.add_argument("--engines", default="r1kit,trl", help="comma-separated subset of r1kit,trl")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out greedy evaluation after training")
     p.add_argument("--json", type=Path, help="also write the JSON here")
@@ -110,16 +127,35 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def settings(a: argparse.Namespace) -> dict:
     return {
-        "model": a.model, "steps": a.steps, "warmup_steps_untimed": a.warmup, "reward_last_steps": a.last,
-        "repeats": a.repeats, "prompts_per_step": a.prompts, "num_generations": a.num_generations,
-        "batch_size": a.prompts * a.num_generations, "max_new_tokens": a.max_new_tokens,
-        "temperature": a.temperature, "top_p": a.top_p, "top_k": a.top_k, "lr": a.lr, "loss": a.loss,
-        "beta": 0.0, "num_iterations": 1, "scale_rewards": "group", "clip": 0.2, "finetune": "full",
-        "adam_betas": [0.9, 0.999], "max_grad_norm": 1.0, "lr_schedule": "constant",
-        "rewards": REWARD_RULES, "threads": a.threads,
-        "r1kit_sample_threads": a.sample_threads or a.threads, "device": a.device, "dtype": a.dtype,
+        "model": a.model,
+        "steps": a.steps,
+        "warmup_steps_untimed": a.warmup,
+        "reward_last_steps": a.last,
+        "repeats": a.repeats,
+        "prompts_per_step": a.prompts,
+        "num_generations": a.num_generations,
+        "batch_size": a.prompts * a.num_generations,
+        "max_new_tokens": a.max_new_tokens,
+        "temperature": a.temperature,
+        "top_p": a.top_p,
+        "top_k": a.top_k,
+        "lr": a.lr,
+        "loss": a.loss,
+        "beta": 0.0,
+        "num_iterations": 1,
+        "scale_rewards": "group",
+        "clip": 0.2,
+        "finetune": "full",
+        "adam_betas": [0.9, 0.999],
+        "max_grad_norm": 1.0,
+        "lr_schedule": "constant",
+        "rewards": REWARD_RULES,
+        "threads": a.threads,
+        "r1kit_sample_threads": a.sample_threads or a.threads,
+        "device": a.device,
+        "dtype": a.dtype,
         "trl_default_autocast": a.trl_default_autocast,
-    }  # fmt: skip
+    }
 
 
 REWARD_RULES = [("math_accuracy", 1.0), ("r1_format_strict", 0.2)]
@@ -130,8 +166,16 @@ def prompt_stream(a: argparse.Namespace) -> list:
     """The training prompts in the order r1kit's sampler takes them: TRL gets them in this order, unshuffled."""
     from rollouts.data import PromptSampler, load_prompt_sets
 
-    sets = load_prompt_sets(task="arith", path=None, split="train", prompt_column="prompt", template="qa",
-                            num_train=4000, num_eval=NUM_EVAL, seed=EVAL_SEED)  # fmt: skip
+    sets = load_prompt_sets(
+        task="arith",
+        path=None,
+        split="train",
+        prompt_column="prompt",
+        template="qa",
+        num_train=4000,
+        num_eval=NUM_EVAL,
+        seed=EVAL_SEED,
+    )
     return PromptSampler(sets.train, seed=a.seed).take(a.steps * a.prompts)
 
 
@@ -139,22 +183,42 @@ def r1kit_recipe(a: argparse.Namespace, out_dir: str):
     from rl.config import load_recipe
 
     rules = ", ".join(f"{{name: {n}, weight: {w}}}" for n, w in REWARD_RULES)
-    return load_recipe(None, [
-        f"model.name_or_path={a.model}", "model.finetune=full",
-        "data.task=arith", "data.template=qa", f"data.num_eval={NUM_EVAL}", f"data.seed={EVAL_SEED}",
-        f"rollout.max_new_tokens={a.max_new_tokens}", f"rollout.temperature={a.temperature}",
-        f"rollout.top_p={a.top_p}", f"rollout.top_k={a.top_k}",
-        f"algorithm.num_generations={a.num_generations}", f"algorithm.batch_size={a.prompts * a.num_generations}",
-        f"algorithm.loss={a.loss}", "algorithm.beta=0.0", "algorithm.num_iterations=1", "algorithm.std_scale=group",
-        f"rewards.rules=[{rules}]",
-        f"training.lr={a.lr}", "training.adam_betas=[0.9, 0.999]", "training.max_grad_norm=1.0",
-        "training.warmup_steps=0", "training.lr_schedule=constant", f"training.seed={a.seed}",
-        f"training.torch_threads={a.threads}", f"rollout.torch_threads={a.sample_threads or 'null'}",
-        f"training.device={a.device}", f"model.dtype={a.dtype}",
-        "moe.telemetry=false",  # TRL computes no routing telemetry (r1kit's router hooks also force padded forwards)
-        "logging.rollouts_every=0",  # TRL (log_completions=False) stores no completions
-        "logging.progress=false", f"logging.output_dir={out_dir}",
-    ])  # fmt: skip
+    return load_recipe(
+        None,
+        [
+            f"model.name_or_path={a.model}",
+            "model.finetune=full",
+            "data.task=arith",
+            "data.template=qa",
+            f"data.num_eval={NUM_EVAL}",
+            f"data.seed={EVAL_SEED}",
+            f"rollout.max_new_tokens={a.max_new_tokens}",
+            f"rollout.temperature={a.temperature}",
+            f"rollout.top_p={a.top_p}",
+            f"rollout.top_k={a.top_k}",
+            f"algorithm.num_generations={a.num_generations}",
+            f"algorithm.batch_size={a.prompts * a.num_generations}",
+            f"algorithm.loss={a.loss}",
+            "algorithm.beta=0.0",
+            "algorithm.num_iterations=1",
+            "algorithm.std_scale=group",
+            f"rewards.rules=[{rules}]",
+            f"training.lr={a.lr}",
+            "training.adam_betas=[0.9, 0.999]",
+            "training.max_grad_norm=1.0",
+            "training.warmup_steps=0",
+            "training.lr_schedule=constant",
+            f"training.seed={a.seed}",
+            f"training.torch_threads={a.threads}",
+            f"rollout.torch_threads={a.sample_threads or 'null'}",
+            f"training.device={a.device}",
+            f"model.dtype={a.dtype}",
+            "moe.telemetry=false",  # TRL computes no routing telemetry
+            "logging.rollouts_every=0",  # TRL (log_completions=False) stores no completions
+            "logging.progress=false",
+            f"logging.output_dir={out_dir}",
+        ],
+    )
 
 
 def run_r1kit(a: argparse.Namespace) -> dict:
@@ -173,10 +237,16 @@ def run_r1kit(a: argparse.Namespace) -> dict:
         trainer.step += 1
         trainer.metrics_log.append({"step": trainer.step, **m})
         dt = time.perf_counter() - t0
-        steps.append({"s": dt, "reward": m["reward"], "accuracy": m["reward/math_accuracy"],
-                      "tokens": m["completion_len"] * a.prompts * a.num_generations,
-                      "cpu_s": time.process_time() - c0,
-                      **{f"t_{k}": m[f"time/{k}"] for k in ("generate", "reward", "train")}})  # fmt: skip
+        steps.append(
+            {
+                "s": dt,
+                "reward": m["reward"],
+                "accuracy": m["reward/math_accuracy"],
+                "tokens": m["completion_len"] * a.prompts * a.num_generations,
+                "cpu_s": time.process_time() - c0,
+                **{f"t_{k}": m[f"time/{k}"] for k in ("generate", "reward", "train")},
+            }
+        )
     peak = peak_rss_mb()
     gpu_peak = peak_gpu_mb()
     ev = None if a.no_eval else trainer.evaluate()["accuracy"]
@@ -190,7 +260,7 @@ def run_trl(a: argparse.Namespace) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from rewards import REWARDS
-    from rl.tiny import ensure_tiny_base
+    from rl.zoo.pretraining import ensure_tiny_base
 
     torch.set_num_threads(a.threads)
     path = (
@@ -222,24 +292,59 @@ def run_trl(a: argparse.Namespace) -> dict:
         def on_step_end(self, *args, **kwargs):
             dt, cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
             total = [sum(w * batch[n][i] for n, w in REWARD_RULES) for i in range(len(batch["math_accuracy"]))]
-            steps.append({"s": dt, "cpu_s": cpu, "reward": sum(total) / len(total), "tokens": batch["tokens"],
-                          "accuracy": sum(batch["math_accuracy"]) / len(total)})  # fmt: skip
+            steps.append(
+                {
+                    "s": dt,
+                    "cpu_s": cpu,
+                    "reward": sum(total) / len(total),
+                    "tokens": batch["tokens"],
+                    "accuracy": sum(batch["math_accuracy"]) / len(total),
+                }
+            )
 
     args = GRPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="vs_trl_trl_"), use_cpu=a.device == "cpu",
+        output_dir=tempfile.mkdtemp(prefix="vs_trl_trl_"),
+        use_cpu=a.device == "cpu",
         # GRPOConfig turns bf16 autocast on by default (on CPU too): equal settings means the weights' dtype only
-        bf16=a.dtype == "bfloat16" or a.trl_default_autocast, fp16=False, seed=a.seed, data_seed=a.seed,
-        per_device_train_batch_size=a.prompts * a.num_generations, gradient_accumulation_steps=1,
-        num_generations=a.num_generations, max_completion_length=a.max_new_tokens, max_steps=a.steps,
-        temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, learning_rate=a.lr, lr_scheduler_type="constant",
-        warmup_steps=0, adam_beta1=0.9, adam_beta2=0.999, weight_decay=0.0, max_grad_norm=1.0, loss_type=a.loss,
-        beta=0.0, num_iterations=1, epsilon=0.2, epsilon_high=0.2, scale_rewards="group", use_vllm=False,
-        router_aux_loss_coef=0.0, shuffle_dataset=False, reward_weights=[w for _, w in REWARD_RULES],
-        report_to=[], logging_steps=1, save_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
-    )  # fmt: skip
+        bf16=a.dtype == "bfloat16" or a.trl_default_autocast,
+        fp16=False,
+        seed=a.seed,
+        data_seed=a.seed,
+        per_device_train_batch_size=a.prompts * a.num_generations,
+        gradient_accumulation_steps=1,
+        num_generations=a.num_generations,
+        max_completion_length=a.max_new_tokens,
+        max_steps=a.steps,
+        temperature=a.temperature,
+        top_p=a.top_p,
+        top_k=a.top_k,
+        learning_rate=a.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        loss_type=a.loss,
+        beta=0.0,
+        num_iterations=1,
+        epsilon=0.2,
+        epsilon_high=0.2,
+        scale_rewards="group",
+        use_vllm=False,
+        router_aux_loss_coef=0.0,
+        shuffle_dataset=False,
+        reward_weights=[w for _, w in REWARD_RULES],
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     funcs = [recording(n, REWARDS.get(n)) for n, _ in REWARD_RULES]
-    trainer = GRPOTrainer(model=model, processing_class=tok, reward_funcs=funcs, args=args, train_dataset=data,
-                          callbacks=[StepTimer()])  # fmt: skip
+    trainer = GRPOTrainer(
+        model=model, processing_class=tok, reward_funcs=funcs, args=args, train_dataset=data, callbacks=[StepTimer()]
+    )
     trainer.train()
     peak = peak_rss_mb()
     gpu_peak = peak_gpu_mb()
@@ -262,18 +367,26 @@ def evaluate_like_r1kit(a: argparse.Namespace, model, tokenizer) -> float:
     from rollouts.backends import TransformersBackend
     from rollouts.data import load_prompt_sets
 
-    sets = load_prompt_sets(task="arith", path=None, split="train", prompt_column="prompt", template="qa",
-                            num_train=1, num_eval=NUM_EVAL, seed=EVAL_SEED)  # fmt: skip
+    sets = load_prompt_sets(
+        task="arith",
+        path=None,
+        split="train",
+        prompt_column="prompt",
+        template="qa",
+        num_train=1,
+        num_eval=NUM_EVAL,
+        seed=EVAL_SEED,
+    )
     scorer = RewardScorer(bind_rewards([RewardSpec("math_accuracy")], ["answer"]))
     backend = TransformersBackend(model, tokenizer, max_new_tokens=a.max_new_tokens)
     batch = backend.generate(sets.eval, list(range(len(sets.eval))), num_generations=1, greedy=True)
-    vals = scorer.score(batch.prompt_texts, batch.texts, batch.columns()).values["math_accuracy"]
+    vals = scorer.score(batch.prompt_texts, batch.texts, batch.columns())["math_accuracy"].values
     return sum(v or 0.0 for v in vals) / len(vals)
 
 
 def build_random_model(a: argparse.Namespace) -> tuple[str, int]:
     """A randomly initialised model of ``--model``'s family with ``--random-init`` overrides, saved to a temp dir."""
-    from rl.tiny import build_char_tokenizer, parse_tiny_ref, tiny_model
+    from rl.zoo.models import build_char_tokenizer, parse_tiny_ref, tiny_model
 
     family, _ = parse_tiny_ref(a.model)
     overrides = {}
@@ -312,10 +425,36 @@ def child(a: argparse.Namespace, engine: str, seed: int) -> dict:
 
 
 def _forwarded(a: argparse.Namespace) -> list[str]:
-    flags = ["--model", a.model, "--steps", a.steps, "--warmup", a.warmup, "--prompts", a.prompts,
-             "--num-generations", a.num_generations, "--max-new-tokens", a.max_new_tokens,
-             "--temperature", a.temperature, "--top-p", a.top_p, "--top-k", a.top_k, "--lr", a.lr,
-             "--loss", a.loss, "--threads", a.threads, "--device", a.device, "--dtype", a.dtype]  # fmt: skip
+    flags = [
+        "--model",
+        a.model,
+        "--steps",
+        a.steps,
+        "--warmup",
+        a.warmup,
+        "--prompts",
+        a.prompts,
+        "--num-generations",
+        a.num_generations,
+        "--max-new-tokens",
+        a.max_new_tokens,
+        "--temperature",
+        a.temperature,
+        "--top-p",
+        a.top_p,
+        "--top-k",
+        a.top_k,
+        "--lr",
+        a.lr,
+        "--loss",
+        a.loss,
+        "--threads",
+        a.threads,
+        "--device",
+        a.device,
+        "--dtype",
+        a.dtype,
+    ]
     return (
         [str(x) for x in flags]
         + ([] if a.sample_threads is None else ["--sample-threads", str(a.sample_threads)])
@@ -388,11 +527,12 @@ def main(argv=None) -> None:
         return
     info = {"model": a.model}
     if a.random_init is None and a.model.startswith("tiny://"):
-        from rl.tiny import ensure_tiny_base
+        from rl.zoo.pretraining import ensure_tiny_base
 
         # Built here, not in the first child: pre-training would count towards that engine's peak RSS.
-        info["params"] = json.loads((ensure_tiny_base(a.model, eval_seed=EVAL_SEED, n_eval=NUM_EVAL)
-                                     / "r1kit_tiny.json").read_text())["params"]  # fmt: skip
+        info["params"] = json.loads(
+            (ensure_tiny_base(a.model, eval_seed=EVAL_SEED, n_eval=NUM_EVAL) / "r1kit_tiny.json").read_text()
+        )["params"]
     if a.random_init is not None:
         a.model, params = build_random_model(a)
         a.no_eval = True

@@ -1,4 +1,4 @@
-"""The one registry idiom used for advantage estimators, policy losses, KL estimators and rewards.
+"""The one registry idiom used for advantage estimators, policy losses, KL estimators, rewards and backends.
 
 >>> LOSSES = Registry("loss")
 >>> @LOSSES.register("double")
@@ -75,6 +75,31 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def check_signature(what: str, fn: Callable[..., object], positional: tuple[str, ...], keywords: set[str]) -> None:
+    """Raise TypeError unless ``fn`` takes exactly ``positional`` (in order), then exactly ``keywords`` as keyword-only
+    parameters, and no ``*args`` / ``**kwargs`` (which would accept a misspelled option silently).
+
+    >>> def f(x, *, a, b=1): ...
+    >>> check_signature("loss 'f'", f, ("x",), {"a", "b"})
+    >>> check_signature("loss 'f'", f, ("x",), {"a", "c"})
+    Traceback (most recent call last):
+    ...
+    TypeError: loss 'f': keywords ['a', 'b'] should be ['a', 'c'] (missing ['c'], undeclared ['b'])
+    """
+    params = inspect.signature(fn).parameters.values()
+    got = tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+    if got != positional:
+        raise TypeError(f"{what}: takes positional {got}, should take {positional}")
+    if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params):
+        raise TypeError(f"{what}: name every parameter (no *args / **kwargs), so none is accepted silently")
+    names = {p.name for p in params if p.kind == p.KEYWORD_ONLY}
+    if names != keywords:
+        raise TypeError(
+            f"{what}: keywords {sorted(names)} should be {sorted(keywords)} "
+            f"(missing {sorted(keywords - names)}, undeclared {sorted(names - keywords)})"
+        )
 
 
 def _same_definition(a: object, b: object) -> bool:

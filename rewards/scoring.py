@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.metrics import Metric, Sum
 from rewards.base import (
     REWARDS,
     TRL_ARGS,
@@ -268,15 +269,123 @@ def with_extras(label: str, scored: list[Scored], extras: Mapping[str, Sequence]
     return [Scored(s.value, {**s.info, **{c: v[i] for c, v in extras.items()}}) for i, s in enumerate(scored)]
 
 
-@dataclass
-class RewardScores:
-    """Per-reward verdicts for one batch of completions, in batch order."""
+@dataclass(frozen=True)
+class RewardColumn:
+    """One reward's verdicts on a batch of completions, in batch order.
 
-    values: dict[str, list[float | None]]
-    info: dict[str, list[dict[str, Any]]]
-    errors: dict[str, int]
-    total: list[float | None]
+    >>> col = RewardColumn("acc", (1.0, None), ({}, {"error": "ValueError: bad"}), errors=("ValueError: bad",))
+    >>> col.mean, col.abstain_frac, col.n_errors
+    (1.0, 0.5, 1)
+    """
+
+    label: str
+    """The reward's name in metrics and rollouts (``RewardSpec.label``)."""
+    values: tuple[float | None, ...]
+    """One per completion; None = abstained (the reward returned None, or raised on that sample)."""
+    info: tuple[dict[str, Any], ...]
+    """One per completion: what the reward reported about it (stored with rollouts as ``reward_info/<label>``);
+    ``{"error": "<Type>: <message>"}`` where it raised."""
+    errors: tuple[str, ...] = ()
+    """The message of each sample the reward raised on, in batch order (those samples abstain)."""
+
+    def __post_init__(self) -> None:
+        if len(self.values) != len(self.info):
+            raise ValueError(f"RewardColumn({self.label!r}): {len(self.values)} values but {len(self.info)} infos")
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @property
+    def n_errors(self) -> int:
+        return len(self.errors)
+
+    @property
+    def present(self) -> list[float]:
+        """The values of the completions the reward did not abstain on."""
+        return [v for v in self.values if v is not None]
+
+    @property
+    def mean(self) -> float:
+        """Mean over the completions the reward did not abstain on; NaN when it abstained on all."""
+        present = self.present
+        return sum(present) / len(present) if present else math.nan
+
+    @property
+    def abstain_frac(self) -> float:
+        return 1 - len(self.present) / max(len(self.values), 1)
+
+
+@dataclass(frozen=True)
+class RewardScores:
+    """Every reward's verdicts on one batch of completions, and their weighted total, in batch order.
+
+    >>> s = RewardScores.weighted([RewardColumn("a", (1.0, None), ({}, {})), RewardColumn("b", (0.5, None), ({}, {}))],
+    ...                           {"a": 2.0, "b": 1.0})
+    >>> s.total, s["b"].values, s.labels
+    ((2.5, None), (0.5, None), ['a', 'b'])
+    """
+
+    rewards: tuple[RewardColumn, ...]
+    """One column per reward of the recipe, in recipe order."""
+    total: tuple[float | None, ...]
     """Weighted sum over the rewards that did not abstain; None when every reward abstained."""
+
+    def __post_init__(self) -> None:
+        labels = self.labels
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"RewardScores: duplicate reward labels {labels}")
+        bad = [c.label for c in self.rewards if len(c) != len(self.total)]
+        if bad:
+            raise ValueError(f"RewardScores: reward(s) {bad} do not have one value per completion ({len(self.total)})")
+
+    @classmethod
+    def weighted(cls, rewards: Sequence[RewardColumn], weights: Mapping[str, float]) -> RewardScores:
+        """The scores of ``rewards`` with their total under ``weights`` (label -> weight)."""
+        total = weighted_total({c.label: c.values for c in rewards}, weights)
+        return cls(tuple(rewards), tuple(total))
+
+    @classmethod
+    def concat(cls, parts: Sequence[RewardScores]) -> RewardScores:
+        """One batch's scores from several batches' (same rewards), rows in order: e.g. dynamic sampling's rounds,
+        or every process's share of a step."""
+        columns = [
+            RewardColumn(
+                c.label,
+                tuple(v for p in parts for v in p[c.label].values),
+                tuple(i for p in parts for i in p[c.label].info),
+                tuple(e for p in parts for e in p[c.label].errors),
+            )
+            for c in parts[0].rewards
+        ]
+        return cls(tuple(columns), tuple(t for p in parts for t in p.total))
+
+    def __len__(self) -> int:
+        return len(self.total)
+
+    def __getitem__(self, label: str) -> RewardColumn:
+        for c in self.rewards:
+            if c.label == label:
+                return c
+        raise KeyError(f"no reward {label!r} in these scores; they hold {self.labels}")
+
+    @property
+    def labels(self) -> list[str]:
+        return [c.label for c in self.rewards]
+
+    def metrics(self) -> dict[str, float | Metric]:
+        """Per reward: its mean over non-abstained completions, the share it abstained on, and its error count (a
+        count: summed over processes).
+
+        >>> RewardScores.weighted([RewardColumn("a", (1.0, None), ({}, {"error": "E: x"}), ("E: x",))], {"a": 1.0}
+        ...                       ).metrics()
+        {'reward/a': 1.0, 'reward/a/abstain_frac': 0.5, 'reward/a/errors': Metric(value=1, reduce='sum')}
+        """
+        out: dict[str, float | Metric] = {}
+        for c in self.rewards:
+            out[f"reward/{c.label}"] = c.mean
+            out[f"reward/{c.label}/abstain_frac"] = c.abstain_frac
+            out[f"reward/{c.label}/errors"] = Sum(c.n_errors)
+        return out
 
 
 class RewardScorer:
@@ -315,34 +424,33 @@ class RewardScorer:
         """Score a batch: prompts and completions as the rewards receive them (text, or chat messages for a
         conversational dataset), ``columns`` one value per completion, ``completion_ids`` each completion's token ids
         and ``trainer_state`` a ``transformers.TrainerState`` (both passed on when given)."""
-        values, info, errors = {}, {}, {}
+        verdicts: list[RewardColumn] = []
         extra = {"completion_ids": completion_ids, "trainer_state": trainer_state}
         for b in self.bound:
-            scored, n_err = self._score_one(b, prompts, completions, columns, **extra)
-            values[b.spec.label] = [s.value for s in scored]
-            info[b.spec.label] = [s.info for s in scored]
-            errors[b.spec.label] = n_err
-            self.error_counts[b.spec.label] += n_err
+            scored, errors = self._score_one(b, prompts, completions, columns, **extra)
+            label, n_err = b.spec.label, len(errors)
+            verdicts.append(RewardColumn(label, tuple(x.value for x in scored), tuple(x.info for x in scored), errors))
+            self.error_counts[label] += n_err
             if len(completions) and n_err / len(completions) > self.max_error_fraction:
                 raise RewardFailureError(
-                    f"reward {b.spec.label!r} failed on {n_err}/{len(completions)} samples, above "
+                    f"reward {label!r} failed on {n_err}/{len(completions)} samples, above "
                     f"rewards.max_error_fraction={self.max_error_fraction}; fix the reward (its first traceback is "
                     "in the log above), or raise rewards.max_error_fraction if such failures are expected"
                 )
-        weights = {b.spec.label: b.spec.weight for b in self.bound}
-        return RewardScores(values, info, errors, weighted_total(values, weights))
+        return RewardScores.weighted(verdicts, {b.spec.label: b.spec.weight for b in self.bound})
 
     def _score_one(
         self, b: BoundReward, prompts, completions, columns, *, completion_ids, trainer_state
-    ) -> tuple[list[Scored], int]:
+    ) -> tuple[list[Scored], tuple[str, ...]]:
+        """The reward's verdicts and the error message of each sample it raised on (those abstain)."""
         kw = {"trainer_state": trainer_state, "log_metric": self.log_metric}
         try:
-            return b.call(prompts, completions, columns, completion_ids=completion_ids, **kw), 0
+            return b.call(prompts, completions, columns, completion_ids=completion_ids, **kw), ()
         except RewardOutputError:
             raise
         except Exception:  # user code: record, then isolate the failing samples one by one
             self._log_first(b.spec.label)
-        scored, n_err = [], 0
+        scored, errors = [], []
         for i in range(len(completions)):
             row = {k: [v[i]] for k, v in columns.items()}
             ids = None if completion_ids is None else [completion_ids[i]]
@@ -351,9 +459,9 @@ class RewardScorer:
             except RewardOutputError:
                 raise
             except Exception as e:
-                n_err += 1
-                scored.append(Scored(None, {"error": f"{type(e).__name__}: {e}"}))
-        return scored, n_err
+                errors.append(f"{type(e).__name__}: {e}")
+                scored.append(Scored(None, {"error": errors[-1]}))
+        return scored, tuple(errors)
 
     def _log_first(self, label: str) -> None:
         if label not in self._logged:

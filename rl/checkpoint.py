@@ -59,10 +59,19 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_checkpoint(
-    root: Path, step: int, model: torch.nn.Module, optimizer, scheduler, trainer_state: dict[str, Any], keep: int = 2,
-    *, rank: int = 0, barrier: Callable[[], None] = lambda: None, full_state: dict[str, torch.Tensor] | None = None,
+    root: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    trainer_state: dict[str, Any],
+    keep: int = 2,
+    *,
+    rank: int = 0,
+    barrier: Callable[[], None] = lambda: None,
+    full_state: dict[str, torch.Tensor] | None = None,
     optimizer_per_rank: bool = False,
-) -> Path:  # fmt: skip
+) -> Path:
     """Write ``root/step-NNNNNN`` atomically. With several processes every one calls this (``barrier`` syncs them):
     each writes its RNG state ``rng-rank{r}.pt``; rank 0 writes the rest (DDP keeps weights and optimizer state
     identical on every process) and renames the directory into place. Sharded runs (FSDP / ZeRO-3) pass the
@@ -148,6 +157,10 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, *,
     elif "rng" in blob:  # checkpoints written before per-process RNG files
         set_rng_state(blob["rng"])
     else:
-        log.warning("checkpoint %s has no RNG state for process %d (saved with fewer processes): sampling will "
-                    "not repeat the uninterrupted run", path, rank)  # fmt: skip
+        log.warning(
+            "checkpoint %s has no RNG state for process %d (saved with fewer processes): sampling will "
+            "not repeat the uninterrupted run",
+            path,
+            rank,
+        )
     return json.loads((path / "trainer_state.json").read_text())

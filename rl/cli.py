@@ -39,8 +39,15 @@ def _train(args: argparse.Namespace) -> int:
 
 # Keys a resume may change without --force: they decide how long the run goes on and what it reports, not what
 # it computes (max_steps also sets the LR schedule's length: a changed schedule is the point of extending a run).
-RESUME_MAY_CHANGE = ("training.max_steps", "logging.progress", "logging.plots", "logging.output_dir",
-                     "logging.trackers", "logging.project", "logging.run_name")  # fmt: skip
+RESUME_MAY_CHANGE = (
+    "training.max_steps",
+    "logging.progress",
+    "logging.plots",
+    "logging.output_dir",
+    "logging.trackers",
+    "logging.project",
+    "logging.run_name",
+)
 
 
 def check_resume_recipe(cfg, run_dir: Path, *, force: bool) -> None:
@@ -86,8 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="run a recipe")
     train.add_argument("recipe", help="recipe YAML, e.g. recipes/r1_zero_tiny.yaml")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a recipe key, e.g. --set algorithm.num_generations=16 (repeatable)")  # fmt: skip
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. --set algorithm.num_generations=16 (repeatable)",
+    )
     train.add_argument("--output-dir", help="run directory (default: logging.output_dir or runs/<recipe name>)")
     train.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
     train.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")

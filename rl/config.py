@@ -138,8 +138,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    backend: Literal["transformers"] = "transformers"
-    """Generation engine."""
+    backend: str = "transformers"
+    """Generation engine (``rollouts.backends.BACKENDS``)."""
     max_new_tokens: int = 64
     """Completion length cap; longer completions are cut and marked ``finish_reason=length``."""
     temperature: float = 1.0
@@ -150,9 +150,10 @@ class RolloutConfig:
     """Top-k sampling; 0 disables it."""
     generation_batch_size: int | None = None
     """Rows per ``generate`` call (memory bound); None generates the whole step at once."""
-    sampler: Literal["r1kit", "generate"] = "r1kit"
-    """Decoding loop: r1kit's (each prompt prefilled once per group, finished rows dropped) or transformers'
-    ``model.generate`` (the reference; same tokens under the same seed, slower on small models)."""
+    sampler: str = "r1kit"
+    """Decoding loop (``rollouts.backends.SAMPLERS``): ``r1kit`` (each prompt prefilled once per group, finished rows
+    dropped) or ``generate``, transformers' ``model.generate`` (the reference; same tokens under the same seed,
+    slower on small models)."""
     fused_decode: bool = True
     """r1kit's sampler decodes with a fused step (``rollouts.fused``: preallocated KV cache, no per-call model
     machinery; same logits) for the families it covers (Qwen3-MoE, DeepSeek-V3 on CPU); others, and False, call
@@ -176,6 +177,13 @@ class RolloutConfig:
             f"rollout.torch_threads: must be > 0 or null, got {self.torch_threads}",
         )
 
+    def check_registered(self) -> None:
+        """The backend and sampler names exist (run last, as ``AlgorithmConfig.check_registered``)."""
+        from rollouts.backends import BACKENDS, SAMPLERS
+
+        _check(self.backend in BACKENDS, f"rollout.backend: unknown {self.backend!r}; known: {BACKENDS.names()}")
+        _check(self.sampler in SAMPLERS, f"rollout.sampler: unknown {self.sampler!r}; known: {SAMPLERS.names()}")
+
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
@@ -190,8 +198,9 @@ class AlgorithmConfig:
     """mu: passes over each rollout batch (mu > 1 reuses samples with importance ratios, GRPO's mu)."""
     advantage: str = "grpo"
     """Advantage estimator (``grpo``, ``rloo``)."""
-    std_scale: Literal["group", "batch", "none"] = "group"
-    """Advantage scaling: per-group std (GRPO), batch std, or none (Dr. GRPO)."""
+    std_scale: str = "group"
+    """Advantage scaling (``rl.advantages.STD_SCALES``): per-group std (``group``, GRPO), batch std (``batch``), or
+    ``none`` (Dr. GRPO; the only one ``rloo`` takes)."""
     loss: str = "grpo"
     """Policy loss: ``grpo``, ``dapo``, ``dr_grpo``, ``gspo``, ``gspo_token``, ``cispo``."""
     clip_low: float | None = None
@@ -232,15 +241,31 @@ class AlgorithmConfig:
             _check(v is None or v >= 0, f"algorithm.{name}: must be >= 0, got {v}")
 
     def check_registered(self) -> None:
-        """The loss and advantage names exist. Kept out of ``__post_init__`` and run last (``RecipeConfig``): the
-        registries import torch, and every other mistake in a recipe is reported without it."""
-        from rl.advantages import ADVANTAGES
+        """The loss and advantage names exist and take the options set here (each asks the registered object).
+        Kept out of ``__post_init__`` and run last (``RecipeConfig``): the registries import torch, and every other
+        mistake in a recipe is reported without it."""
+        from rl.advantages import ADVANTAGES, STD_SCALES
         from rl.losses import LOSSES
 
         _check(self.loss in LOSSES, f"algorithm.loss: unknown {self.loss!r}; known: {LOSSES.names()}")
+        loss = LOSSES.get(self.loss)
+        for name in ("clip_low", "clip_high"):
+            _check(
+                getattr(self, name) is None or name in loss.options,
+                f"algorithm.{name}: the {self.loss!r} loss has no ratio clip; remove algorithm.{name} "
+                f"(its options: {sorted(loss.options)})",
+            )
         _check(
             self.advantage in ADVANTAGES,
             f"algorithm.advantage: unknown {self.advantage!r}; known: {ADVANTAGES.names()}",
+        )
+        s = self.std_scale
+        _check(s in STD_SCALES, f"algorithm.std_scale: unknown {s!r}; known: {STD_SCALES.names()}")
+        choices = ADVANTAGES.get(self.advantage).std_scale_choices
+        _check(
+            s in choices,
+            f"algorithm.std_scale: the {self.advantage!r} advantage takes {choices}, got {s!r}; set "
+            f"algorithm.std_scale: {choices[0]}",
         )
 
     @property
@@ -274,8 +299,9 @@ class TrainingConfig:
     """AdamW betas."""
     warmup_steps: int = 0
     """Linear warmup, in optimizer updates."""
-    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
-    """Decay after warmup, over all optimizer updates of the run."""
+    lr_schedule: str = "constant"
+    """Decay after warmup, over all optimizer updates of the run: ``constant``, ``cosine`` or ``linear``
+    (``rl.schedules.SCHEDULES``)."""
     max_grad_norm: float = 1.0
     """Gradient-norm clip; 0 disables it."""
     micro_batch_size: int | None = None
@@ -309,6 +335,15 @@ class TrainingConfig:
             "training.logprob_micro_batch_size: must be > 0",
         )
 
+    def check_registered(self) -> None:
+        """The schedule name exists (run last, as ``AlgorithmConfig.check_registered``)."""
+        from rl.schedules import SCHEDULES
+
+        _check(
+            self.lr_schedule in SCHEDULES,
+            f"training.lr_schedule: unknown {self.lr_schedule!r}; known: {SCHEDULES.names()}",
+        )
+
 
 @dataclass(frozen=True)
 class LoggingConfig:
@@ -338,7 +373,7 @@ class LoggingConfig:
     """Write PNG training curves to ``RUN/plots`` at the end of the run (``r1kit plot RUN`` does it any time)."""
 
     def __post_init__(self) -> None:
-        from rl.trackers import TRACKERS
+        from rl.reporting.trackers import TRACKERS
 
         _check(self.save_every >= 0, f"logging.save_every: must be >= 0, got {self.save_every}")
         _check(self.keep_checkpoints >= 1, f"logging.keep_checkpoints: must be >= 1, got {self.keep_checkpoints}")
@@ -398,7 +433,9 @@ class RecipeConfig:
             micro is None or mb % micro == 0,
             f"training.micro_batch_size: {micro} must divide the mini-batch ({mb} completions)",
         )
+        self.rollout.check_registered()
         self.algorithm.check_registered()
+        self.training.check_registered()
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import torch
 
 from core.configio import ConfigError
+from core.metrics import is_scalar, reduce_values, reduction_of, unwrap
 from rl.config import AlgorithmConfig, TrainingConfig
 from rollouts.records import Prompt, RolloutBatch
 
@@ -173,37 +174,35 @@ class Dist:
         return contextlib.nullcontext() if last or self.world_size == 1 else self.accelerator.no_sync(model)
 
     def reduce_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        """Metrics of the whole step from every process's own: counts and throughput add up, maxima and wall
-        times take the max, everything else the mean (processes hold equal numbers of rows). Non-scalar values
-        (e.g. per-expert load lists) are kept when equal on all processes, else averaged element-wise."""
+        """Metrics of the whole step from every process's own, as plain values. Each scalar combines as declared
+        where it is defined (``core.metrics``: ``Sum`` for counts and throughput, ``Max`` for maxima and wall times,
+        a plain number is averaged; processes hold equal numbers of rows). Non-scalar values (e.g. per-expert load
+        lists) are kept when equal on all processes, else averaged element-wise."""
+        out = unwrap(metrics)
         if self.world_size == 1:
-            return metrics
-        keys = [k for k, v in metrics.items() if isinstance(v, int | float)]
-        t = torch.tensor([[float(metrics[k]) for k in keys]], dtype=torch.float64, device=self.device)
+            return out
+        keys = [k for k, v in metrics.items() if is_scalar(v)]
+        t = torch.tensor([[float(out[k]) for k in keys]], dtype=torch.float64, device=self.device)
         all_NK = self.accelerator.gather(t).cpu()
-        out = dict(metrics)
-        out.update({k: _reduce(k, all_NK[:, i]) for i, k in enumerate(keys)})
+        out.update({k: reduce_values(all_NK[:, i].tolist(), reduction_of(metrics[k])) for i, k in enumerate(keys)})
         others = [k for k in metrics if k not in set(keys)]
         if others:
-            per_rank = self.gather_objects({k: metrics[k] for k in others})
+            per_rank = self.gather_objects({k: out[k] for k in others})
             for k in others:
                 vals = [m[k] for m in per_rank]
                 out[k] = vals[0] if all(v == vals[0] for v in vals) else torch.tensor(vals).mean(0).tolist()
         return out
 
 
-def _reduce(key: str, v_N: torch.Tensor) -> float:
-    if key.endswith("/errors") or key == "tokens_per_s":
-        return v_N.sum().item()
-    if key.endswith("_max") or key.startswith("time/"):
-        return v_N.max().item()
-    return v_N.mean().item()
-
-
 def generate_seeded(
-    backend, prompts: Sequence[Prompt], group_ids: Sequence[int], *, num_generations: int, seed: int,
+    backend,
+    prompts: Sequence[Prompt],
+    group_ids: Sequence[int],
+    *,
+    num_generations: int,
+    seed: int,
     device: torch.device,
-) -> RolloutBatch:  # fmt: skip
+) -> RolloutBatch:
     """Each group generated alone, torch's RNG seeded from (seed, group id) and restored afterwards."""
     devices = [device.index or 0] if device.type == "cuda" else []
     completions = []

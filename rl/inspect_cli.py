@@ -46,7 +46,7 @@ def _rollouts(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from rl.plots import write_plots
+    from rl.reporting.plots import write_plots
 
     try:
         result = write_plots(args.run_dir)
@@ -61,9 +61,10 @@ def _plot(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     ro = sub.add_parser(
-        "rollouts", help="show a step's stored completions with their reward breakdown",
+        "rollouts",
+        help="show a step's stored completions with their reward breakdown",
         description="Print stored rollouts (RUN/rollouts/step-*.parquet) as a table. Default: the latest step.",
-    )  # fmt: skip
+    )
     ro.add_argument("run_dir", metavar="RUN_DIR", help="run directory (may still be training)")
     ro.add_argument("--step", type=int, help="step to show (default: the latest stored step)")
     ro.add_argument("--all-steps", action="store_true", help="search every stored step (with --filter / --sort)")
@@ -74,9 +75,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ro.add_argument("--max-chars", type=int, default=600, help="cut completions longer than this (default 600)")
     ro.set_defaults(func=_rollouts)
     pl = sub.add_parser(
-        "plot", help="write training-curve PNGs into RUN_DIR/plots",
+        "plot",
+        help="write training-curve PNGs into RUN_DIR/plots",
         description="Reward per reward function, completion length, KL, clip fraction, entropy (when logged) "
         "and the MoE expert-load heatmap (when moe/expert_load is logged), from RUN_DIR/metrics.jsonl.",
-    )  # fmt: skip
+    )
     pl.add_argument("run_dir", metavar="RUN_DIR", help="run directory (may still be training)")
     pl.set_defaults(func=_plot)

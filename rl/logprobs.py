@@ -1,6 +1,6 @@
 """Per-token log-probabilities of completion tokens under a model (the training forward).
 
-Three layouts of the same computation, fastest first (``completion_logprobs`` picks):
+Three layouts of the same computation, fastest first (``rl.forward.PolicyForward`` picks):
 
 * packed (``packed_logprobs``): every distinct prompt once, then every completion, real tokens only, as one row;
   all per-token work (projections, norms, MoE, LM head) runs on real tokens, and only attention unpacks them into
@@ -20,6 +20,7 @@ import torch
 from transformers import AttentionInterface, DynamicCache
 
 from core.hf import CACHE_KWARG, full_sdpa_attention
+from rl.moe.capture import TokenMap
 from rollouts.records import SequenceTensors
 
 PACKED = "r1kit_packed"  # the attention implementation name registered below
@@ -39,39 +40,16 @@ def token_logprobs(logits_BTV: torch.Tensor, ids_BT: torch.Tensor, temperature: 
     return picked - torch.logsumexp(logits, dim=-1)
 
 
-def completion_logprobs(
-    model: torch.nn.Module,
-    seq: SequenceTensors,
-    *,
-    temperature: float = 1.0,
-    share_prompts: bool = True,
-    pack: bool = True,
-    **forward_kwargs,
+def padded_logprobs(
+    model: torch.nn.Module, seq: SequenceTensors, *, temperature: float = 1.0, **forward_kwargs
 ) -> tuple[torch.Tensor, object]:
-    """``logp_BT`` of the completion tokens in ``seq`` (0 at padding) and the raw model output.
+    """``logp_BT`` of the completion tokens in ``seq`` (0 at padding) and the raw model output, every row's prompt
+    and completion run padded: the reference layout (``rl.forward.PolicyForward`` chooses among the three).
 
     Only the last T+1 positions' logits are computed (``logits_to_keep``): the prompt's vocabulary logits are
     never materialised. Logits are divided by the sampling temperature so that importance ratios compare the
     distribution the tokens were actually drawn from (as TRL does).
-
-    ``share_prompts``: rows with the same prompt (the G members of a group) run the prompt through the model once
-    and attend to its KV cache (``shared_prompt_logprobs``); the result is the same up to float rounding. It is
-    used when it can be: no extra ``forward_kwargs`` (whose outputs, e.g. router logits, would then cover each
-    prompt once instead of G times), no gradient checkpointing (which turns the cache off), and some prompt
-    repeated. The raw output is then the completion forward's.
-
-    ``pack`` (with ``share_prompts``): the packed layout first (``packed_logprobs``), where the model allows it;
-    the raw output is then the packed forward's (one row).
     """
-    # Activation checkpointing re-runs layers during backward, outside this call: the packed attention is no
-    # longer selected then, and layers turn the KV cache off. The padded forward only.
-    checkpointing = any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
-    if share_prompts and pack and not forward_kwargs and not checkpointing and can_pack(model):
-        return packed_logprobs(model, seq, temperature=temperature)
-    if share_prompts and not forward_kwargs and not checkpointing:
-        shared = shared_prompt_logprobs(model, seq, temperature=temperature)
-        if shared is not None:
-            return shared
     T = seq.completion_ids_BT.shape[1]
     out = model(
         input_ids=seq.input_ids_BL,
@@ -89,7 +67,7 @@ def completion_logprobs(
 def shared_prompt_logprobs(
     model: torch.nn.Module, seq: SequenceTensors, *, temperature: float = 1.0
 ) -> tuple[torch.Tensor, object] | None:
-    """``completion_logprobs`` with each distinct prompt run once: U prompt rows, then B completion rows that
+    """``padded_logprobs`` with each distinct prompt run once: U prompt rows, then B completion rows that
     attend to their prompt's KV cache (selected per row; gradients from all G rows flow back into the one prompt
     forward). None when no prompt repeats (nothing to share).
 
@@ -149,6 +127,7 @@ class Packing:
     comp_valid_BT: torch.Tensor
     keep_K: torch.Tensor  # packed positions whose logits are needed: each prompt's last token, every completion token
     pred_BT: torch.Tensor  # for completion token (b, t): the index in keep_K of the position that predicts it
+    tokens: TokenMap  # packed index of each (row, position) of the padded batch, and back (router outputs)
 
 
 def pack(seq: SequenceTensors) -> Packing:
@@ -180,20 +159,40 @@ def pack(seq: SequenceTensors) -> Packing:
     keep_K = torch.cat([pstart_U + plen_U - 1, torch.arange(n_prompt, N, device=dev)])
     pred_BT = torch.where(t_T == 0, prompt_B[:, None], U + (cstart_B[:, None] - n_prompt) + t_T - 1)
     pred_BT = pred_BT.clamp(max=keep_K.shape[0] - 1)  # padding: any valid index (masked out afterwards)
-    return Packing(ids_1N, pos_1N[None], prompt_B, p_idx_UP, p_valid_UP, c_idx_BT, c_valid_BT, keep_K, pred_BT)
+    tokens = _token_map(prompt_mask_BP, comp_mask_BT, pstart_U[prompt_B], cstart_B, N)
+    return Packing(ids_1N, pos_1N[None], prompt_B, p_idx_UP, p_valid_UP, c_idx_BT, c_valid_BT, keep_K, pred_BT, tokens)
 
 
-def packed_logprobs(model: torch.nn.Module, seq: SequenceTensors, *, temperature: float = 1.0):
-    """``completion_logprobs`` over the packed row: no padding anywhere but inside attention (``packed_sdpa``).
+def _token_map(prompt_mask_BP, comp_mask_BT, pstart_B, cstart_B, N: int) -> TokenMap:
+    """Where each (row, position) of the padded batch sits in the packed row (N at padding); the G rows of a
+    group share their prompt's packed tokens, and each packed token's source is the first row holding it."""
+    index_BP = torch.where(prompt_mask_BP, pstart_B[:, None] + prompt_mask_BP.cumsum(1) - 1, N)
+    index_BT = torch.where(comp_mask_BT, cstart_B[:, None] + comp_mask_BT.cumsum(1) - 1, N)
+    index_BL = torch.cat([index_BP, index_BT], dim=1)
+    flat = torch.arange(index_BL.numel(), device=index_BL.device)
+    source = torch.full((N + 1,), index_BL.numel(), device=index_BL.device)
+    source = source.scatter_reduce(0, index_BL.reshape(-1), flat, reduce="amin")
+    return TokenMap(index_BL, source[:N])
+
+
+def packed_logprobs(
+    model: torch.nn.Module, seq: SequenceTensors, *, temperature: float = 1.0, packing: Packing | None = None
+):
+    """``padded_logprobs`` over the packed row: no padding anywhere but inside attention (``packed_sdpa``).
 
     The padded reference runs B x (P + T) tokens, the shared-prompt layout U x P + B x T; this runs the real
     ones, U x (prompt length) + sum of completion lengths (~15% fewer than shared prompts on the tiny benchmark,
     far fewer with long, uneven reasoning traces).
     """
-    packing = pack(seq)
+    packing = pack(seq) if packing is None else packing
     with attention_implementation(model, PACKED):
-        out = model(input_ids=packing.input_ids_1N, position_ids=packing.position_ids_1N, use_cache=False,
-                    logits_to_keep=packing.keep_K, r1kit_packing=packing)  # fmt: skip
+        out = model(
+            input_ids=packing.input_ids_1N,
+            position_ids=packing.position_ids_1N,
+            use_cache=False,
+            logits_to_keep=packing.keep_K,
+            r1kit_packing=packing,
+        )
     logp_BT = token_logprobs(out.logits[0, packing.pred_BT], seq.completion_ids_BT, temperature)
     return logp_BT * seq.completion_mask_BT, out
 
@@ -215,10 +214,13 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=
     k_c = torch.cat([k_p[packing.prompt_B], k_N[c].transpose(1, 2)], dim=2)  # (B, heads, Pm + Tm, dim)
     v_c = torch.cat([v_p[packing.prompt_B], v_N[c].transpose(1, 2)], dim=2)
     causal_T = torch.ones(Tm, Tm, dtype=torch.bool, device=c.device).tril()
-    mask_c = torch.cat([
-        packing.prompt_valid_UP[packing.prompt_B][:, None, None, :].expand(-1, 1, Tm, Pm),
-        causal_T & packing.comp_valid_BT[:, None, None, :],
-    ], dim=-1)  # fmt: skip
+    mask_c = torch.cat(
+        [
+            packing.prompt_valid_UP[packing.prompt_B][:, None, None, :].expand(-1, 1, Tm, Pm),
+            causal_T & packing.comp_valid_BT[:, None, None, :],
+        ],
+        dim=-1,
+    )
     out_c = _sdpa(q_N[c].transpose(1, 2), k_c, v_c, mask_c, dropout, scaling)
     return torch.cat([out_p[packing.prompt_valid_UP], out_c[packing.comp_valid_BT]])[None], None
 
@@ -227,9 +229,14 @@ def _sdpa(q_bhLd, k_bhLd, v_bhLd, mask_b1LL, dropout: float, scaling: float | No
     """transformers' sdpa attention for a boolean mask (output (b, L, heads, dim)), with grouped-query attention
     done by the kernel (``enable_gqa``) instead of repeating keys and values: ~20% less forward + backward."""
     out = torch.nn.functional.scaled_dot_product_attention(
-        q_bhLd, k_bhLd, v_bhLd, attn_mask=mask_b1LL, dropout_p=dropout, scale=scaling,
+        q_bhLd,
+        k_bhLd,
+        v_bhLd,
+        attn_mask=mask_b1LL,
+        dropout_p=dropout,
+        scale=scaling,
         enable_gqa=q_bhLd.shape[1] != k_bhLd.shape[1],
-    )  # fmt: skip
+    )
     return out.transpose(1, 2)
 
 

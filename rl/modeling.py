@@ -15,7 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.configio import ConfigError
 from rl.config import DataConfig, ModelConfig, looks_like_a_path
-from rl.tiny import ensure_tiny_base, parse_tiny_ref
+from rl.zoo.models import parse_tiny_ref
+from rl.zoo.pretraining import ensure_tiny_base
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +24,25 @@ log = logging.getLogger(__name__)
 # MLPs (incl. shared experts). Routed experts are fused 3-D parameters in transformers >= 5 and are adapted
 # only with model.lora_target_experts; routers are never adapted (routing is controlled by the moe options).
 DEFAULT_LORA_TARGETS = (
-    "q_proj", "k_proj", "v_proj", "o_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj",
-    "gate_proj", "up_proj", "down_proj", "w1", "w2", "w3", "c_attn", "c_proj", "fc1", "fc2",
-)  # fmt: skip
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "q_a_proj",
+    "q_b_proj",
+    "kv_a_proj_with_mqa",
+    "kv_b_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "w1",
+    "w2",
+    "w3",
+    "c_attn",
+    "c_proj",
+    "fc1",
+    "fc2",
+)
 EXPERT_PARAMETERS = ("gate_up_proj", "down_proj", "up_proj", "gate_proj", "w1", "w2", "w3")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
@@ -156,9 +173,12 @@ def lora_targets(model: torch.nn.Module, cfg: ModelConfig) -> tuple[list[str], l
     params: list[str] = []
     if cfg.lora_target_experts:
         params = sorted(
-            {f"experts.{n.rsplit('.', 1)[-1]}" for n, p in model.named_parameters()
-             if ".experts." in n and p.dim() == 3 and n.rsplit(".", 1)[-1] in EXPERT_PARAMETERS}
-        )  # fmt: skip
+            {
+                f"experts.{n.rsplit('.', 1)[-1]}"
+                for n, p in model.named_parameters()
+                if ".experts." in n and p.dim() == 3 and n.rsplit(".", 1)[-1] in EXPERT_PARAMETERS
+            }
+        )
         if not params:
             raise ValueError("model.lora_target_experts: this model has no fused 3-D expert parameters to adapt")
     return modules, params
@@ -182,9 +202,14 @@ def apply_lora(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
 
     modules, params = lora_targets(model, cfg)
     lcfg = LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=modules,
-        target_parameters=params or None, bias="none", task_type="CAUSAL_LM",
-    )  # fmt: skip
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=modules,
+        target_parameters=params or None,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     with quiet_peft():
         peft_model = get_peft_model(model, lcfg)
     n_train = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)

@@ -247,9 +247,11 @@ def _generate(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     greedy = args.temperature == 0
     backend = TransformersBackend(
-        loaded.model, loaded.tokenizer, max_new_tokens=args.max_new_tokens or loaded.max_new_tokens,
+        loaded.model,
+        loaded.tokenizer,
+        max_new_tokens=args.max_new_tokens or loaded.max_new_tokens,
         temperature=1.0 if greedy else args.temperature,
-    )  # fmt: skip
+    )
     batch = backend.generate([Prompt("cli", text)], [0], num_generations=args.n, greedy=greedy)
     for i, c in enumerate(batch.completions, 1):
         if args.n > 1:
@@ -315,25 +317,36 @@ def _export(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     co = sub.add_parser(
-        "config", help="print a recipe fully resolved (every section with its defaults) as YAML",
+        "config",
+        help="print a recipe fully resolved (every section with its defaults) as YAML",
         description="Print what `r1kit train RECIPE` would run: the same text it writes to RUN/config.yaml.",
-    )  # fmt: skip
+    )
     co.add_argument("recipe", nargs="?", help="recipe YAML (default: none, i.e. every default)")
-    co.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a recipe key, as with r1kit train (repeatable)")  # fmt: skip
+    co.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, as with r1kit train (repeatable)",
+    )
     co.set_defaults(func=_config)
 
     rw = sub.add_parser("rewards", help="list the registered rewards with their doc and the dataset columns they need")
     rw.add_argument("--json", action="store_true", help="print a JSON list of {name, doc, columns}")
-    rw.add_argument("--load", type=Path, metavar="FILE.py",
-                    help="import your reward file first: list what it registers and its batch functions")  # fmt: skip
+    rw.add_argument(
+        "--load",
+        type=Path,
+        metavar="FILE.py",
+        help="import your reward file first: list what it registers and its batch functions",
+    )
     rw.set_defaults(func=_rewards)
 
     ge = sub.add_parser(
-        "generate", help="print what a model or a run's final model writes for a prompt",
+        "generate",
+        help="print what a model or a run's final model writes for a prompt",
         description="Greedy by default. The prompt is formatted with the run's data.template (qa for a plain "
         "model) unless --raw.",
-    )  # fmt: skip
+    )
     ge.add_argument("model", metavar="MODEL_OR_RUN", help=MODEL_HELP)
     ge.add_argument("prompt", help="the question (formatted with the template) or, with --raw, the exact text")
     ge.add_argument("--max-new-tokens", type=int, help="default: the run's rollout.max_new_tokens (else 64)")
@@ -345,10 +358,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ge.set_defaults(func=_generate)
 
     ex = sub.add_parser(
-        "export", help="write a run's final model as one standalone transformers model directory",
+        "export",
+        help="write a run's final model as one standalone transformers model directory",
         description="LoRA runs need --merge: the adapter is merged into the base and saved as full weights. The "
         "output loads with transformers.AutoModelForCausalLM.from_pretrained(OUT), without peft or r1kit.",
-    )  # fmt: skip
+    )
     ex.add_argument("run", metavar="RUN", type=Path, help="run directory (holding config.yaml and final/)")
     ex.add_argument("out", metavar="OUT", type=Path, help="output directory (must be empty or absent)")
     ex.add_argument("--merge", action="store_true", help="merge a LoRA adapter into the base weights")

@@ -21,22 +21,25 @@ import numpy as np
 import torch
 
 from core.files import atomic_write_text
+from core.metrics import Max, Sum
 from rewards.scoring import RewardScorer, RewardScores, bind_rewards, trainer_state
 from rl.advantages import ADVANTAGES
 from rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trainable_state
 from rl.config import RecipeConfig, dump_recipe
-from rl.dapo import collect_groups, concat_scores, mask_rows
 from rl.distributed import Dist, dump_weights_for_debug, generate_seeded, make_accelerator
+from rl.forward import PolicyForward
+from rl.groups import CollectedGroups, collect_groups, mask_rows
 from rl.kl import KL_ESTIMATORS
-from rl.logprobs import completion_logprobs
-from rl.losses import LOSSES, normaliser
+from rl.losses import LOSSES
 from rl.memory import HalvingChunks
+from rl.metrics import length_metrics, reward_metrics
 from rl.modeling import Policy, load_policy, load_tokenizer, resolve_source, save_final
 from rl.moe.control import attach_router_control
 from rl.optim import OPTIMIZERS
-from rl.progress import StepProgress, console, summary_table
+from rl.reporting.progress import StepProgress, console, summary_table
+from rl.reporting.trackers import open_trackers
 from rl.runlog import MetricsLog
-from rl.trackers import open_trackers
+from rl.schedules import make_scheduler
 from rollouts.backends import BACKENDS
 from rollouts.data import PromptSampler, PromptSets, load_prompt_sets
 from rollouts.records import RolloutBatch, SequenceTensors, to_tensors
@@ -51,22 +54,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def lr_lambda(warmup: int, schedule: str, total: int):
-    """Multiplier of the peak LR after ``u`` optimizer updates: linear warmup, then constant/cosine/linear decay."""
-
-    def f(u: int) -> float:
-        if warmup and u < warmup:
-            return (u + 1) / warmup
-        frac = min(max(u - warmup, 0) / max(total - warmup, 1), 1.0)
-        if schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * frac))
-        if schedule == "linear":
-            return 1.0 - frac
-        return 1.0
-
-    return f
-
-
 class GRPOTrainer:
     def __init__(self, cfg: RecipeConfig, run_dir: str | Path, *, resume: bool = False) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
@@ -78,43 +65,44 @@ class GRPOTrainer:
         self.dist = Dist(accelerator)
         self.sizes = self.dist.local_sizes(cfg.algorithm, cfg.training)
         self.device = self.dist.device
-        d = cfg.data
-        with accelerator.main_process_first():  # downloads and dataset caches: once, then read by the others
-            tokenizer = load_tokenizer(resolve_source(cfg.model, d), cfg.model) if d.template == "chat" else None
-            self.data: PromptSets = load_prompt_sets(
-                task=d.task, path=d.path, split=d.split, prompt_column=d.prompt_column, template=d.template,
-                num_train=d.num_train, num_eval=d.num_eval, seed=d.seed, subset=d.subset, adapter=d.adapter,
-                filters=d.filter, tokenizer=tokenizer,
-            )  # fmt: skip
+        self.data = self._load_data(accelerator)
         # Rewards are bound before the model loads: a missing column fails in seconds, not after a download.
         self.scorer = RewardScorer(
             bind_rewards(cfg.rewards.rules, self.data.columns), max_error_fraction=cfg.rewards.max_error_fraction
         )
         with accelerator.main_process_first():  # tiny:// builds and hub downloads happen once
-            self.policy: Policy = load_policy(cfg.model, d, need_reference=cfg.algorithm.beta > 0, device=self.device)
+            self.policy: Policy = load_policy(
+                cfg.model, cfg.data, need_reference=cfg.algorithm.beta > 0, device=self.device
+            )
         r = cfg.rollout
-        self.backend = BACKENDS.get(r.backend)(
-            self.policy.model, self.policy.tokenizer, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-            top_p=r.top_p, top_k=r.top_k, batch_size=r.generation_batch_size, sampler=r.sampler,
-            fused_decode=r.fused_decode, threads=r.torch_threads,
-        )  # fmt: skip
+        self.backend = self._make_backend()
         self.moe = attach_router_control(self.policy.model, cfg.moe)  # before collecting params: may freeze routers
+        # The one place training-side forwards run (policy, old policy, reference): layout and router outputs.
+        self.forward = PolicyForward(
+            self.moe.sites, temperature=r.temperature, single_forward=self.dist.world_size > 1
+        )
         a, t = cfg.algorithm, cfg.training
         optimizer = OPTIMIZERS.get(t.optimizer)(
-            [p for p in self.policy.model.parameters() if p.requires_grad], lr=t.lr, betas=t.adam_betas,
-            weight_decay=t.weight_decay, device=self.device,
-        )  # fmt: skip
+            [p for p in self.policy.model.parameters() if p.requires_grad],
+            lr=t.lr,
+            betas=t.adam_betas,
+            weight_decay=t.weight_decay,
+            device=self.device,
+        )
         # train_model: the model as wrapped for training (DDP / FSDP / autocast); used for the gradient forward
         # only. policy.model stays the plain module, for generation, no-grad log-probs and saving.
         self.train_model, self.optimizer = accelerator.prepare(self.policy.model, optimizer)
         self.params = [p for p in self.train_model.parameters() if p.requires_grad]
         self.logprob_chunks = HalvingChunks(t.logprob_micro_batch_size or t.micro_batch_size)
         self.updates_per_step = a.num_iterations * (a.batch_size // (a.mini_batch_size or a.batch_size))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(  # not prepared: accelerate would step it N times
-            optimizer, lr_lambda(t.warmup_steps, t.lr_schedule, t.max_steps * self.updates_per_step)
+        self.scheduler = make_scheduler(  # not prepared: accelerate would step it N times
+            optimizer,
+            schedule=t.lr_schedule,
+            warmup_steps=t.warmup_steps,
+            total_updates=t.max_steps * self.updates_per_step,
         )
-        self.loss_fn = LOSSES.get(a.loss)
-        self.loss_kwargs = {k: v for k, v in (("clip_low", a.clip_low), ("clip_high", a.clip_high)) if v is not None}
+        self.loss_fn = LOSSES.get(a.loss)  # a PolicyLoss: its normaliser and options are declared, not guessed
+        self.loss_kwargs = self.loss_fn.resolve(clip_low=a.clip_low, clip_high=a.clip_high)  # None = its default
         self.advantage_fn = ADVANTAGES.get(a.advantage)
         self.kl_fn = KL_ESTIMATORS.get(a.kl_estimator) if a.beta > 0 else None
         self.sampler = PromptSampler(self.data.train, seed=t.seed)  # the same global order on every process
@@ -129,9 +117,49 @@ class GRPOTrainer:
         if resume:
             self._resume()
         self.trackers = open_trackers(  # process 0 only: one W&B / TensorBoard run per training run
-            lg.trackers if self.dist.is_main else [], self.run_dir, cfg.to_dict(), project=lg.project,
-            run_name=lg.run_name, start_step=self.step,
-        )  # fmt: skip
+            lg.trackers if self.dist.is_main else [],
+            self.run_dir,
+            cfg.to_dict(),
+            project=lg.project,
+            run_name=lg.run_name,
+            start_step=self.step,
+        )
+
+    def _load_data(self, accelerator) -> PromptSets:
+        """The recipe's prompts, built once (downloads and dataset caches), then read by the other processes."""
+        cfg, d = self.cfg, self.cfg.data
+        with accelerator.main_process_first():  # downloads and dataset caches: once, then read by the others
+            tokenizer = load_tokenizer(resolve_source(cfg.model, d), cfg.model) if d.template == "chat" else None
+            return load_prompt_sets(
+                task=d.task,
+                path=d.path,
+                split=d.split,
+                prompt_column=d.prompt_column,
+                template=d.template,
+                num_train=d.num_train,
+                num_eval=d.num_eval,
+                seed=d.seed,
+                subset=d.subset,
+                adapter=d.adapter,
+                filters=d.filter,
+                tokenizer=tokenizer,
+            )
+
+    def _make_backend(self):
+        """The recipe's generation backend over the plain policy module."""
+        r = self.cfg.rollout
+        return BACKENDS.get(r.backend)(
+            self.policy.model,
+            self.policy.tokenizer,
+            max_new_tokens=r.max_new_tokens,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+            batch_size=r.generation_batch_size,
+            sampler=r.sampler,
+            fused_decode=r.fused_decode,
+            threads=r.torch_threads,
+        )
 
     # ----------------------------------------------------------------- run
     def train(self) -> dict[str, Any]:
@@ -184,7 +212,7 @@ class GRPOTrainer:
             console.print(summary_table(summary))
             self.trackers.close()
             if self.cfg.logging.plots:
-                from rl.plots import write_plots  # matplotlib (~27 MB resident) only when plotting, at the end
+                from rl.reporting.plots import write_plots  # matplotlib (~27 MB resident) only when plotting
 
                 console.print(f"plots: {self.run_dir / 'plots'} ({len(write_plots(self.run_dir).written)} PNGs)")
         self.dist.barrier()  # no process exits (and tears the group down) while process 0 still writes
@@ -197,9 +225,12 @@ class GRPOTrainer:
         # DAPO dynamic sampling may take several rounds; reward metrics cover every sampled group (the policy's
         # unfiltered reward), the update only the kept ones.
         sampled = collect_groups(
-            self._generate, self._score, prompts=a.prompts_per_step, dynamic=a.dynamic_sampling,
+            self._generate,
+            self._score,
+            prompts=a.prompts_per_step,
+            dynamic=a.dynamic_sampling,
             max_rounds=a.max_sampling_rounds,
-        )  # fmt: skip
+        )
         batch, reward_B = sampled.kept, sampled.reward_B[sampled.keep_B]
         group_B = torch.tensor(batch.group_ids)
         adv_B = self.advantage_fn(reward_B, group_B, std_scale=a.std_scale)  # groups are process-local
@@ -209,26 +240,35 @@ class GRPOTrainer:
             seq.completion_mask_BT = mask_rows(
                 seq.completion_mask_BT, torch.tensor([c.finish_reason == "length" for c in batch.completions])
             )
-        train_metrics = self._update(seq, adv_B.to(self.device), batch)
+        train_metrics, old_logp_BT = self._update(seq, adv_B.to(self.device))
         t_end = time.time()
-        # Stored after _update (it fills the logprobs): every sampled group, the ones dynamic sampling dropped too
-        # (advantage 0, kept=False) - collapsed groups are exactly what people look for in rollouts.
+        # Every sampled group is stored, the ones dynamic sampling dropped too (advantage 0, kept=False, no training
+        # log-probs) - collapsed groups are exactly what people look for in rollouts.
         adv_all_B = torch.zeros(len(sampled.batch))
         adv_all_B[sampled.keep_B] = adv_B.float()
-        self._store_rollouts(sampled, adv_all_B)
-        return self.dist.reduce_metrics({
-            **self.scorer.pop_metrics(),  # rewards' log_metric values, averaged over the step as in TRL
-            **reward_metrics(sampled.scores, self.dist.gather(sampled.reward_B),
-                             self.dist.gather(torch.tensor(sampled.batch.group_ids))),
-            **train_metrics,
-            **length_metrics(batch),
-            "adv_abs_mean": adv_B.abs().mean().item(),
-            "lr": self.scheduler.get_last_lr()[0],
-            "tokens_per_s": sum(c.num_tokens for c in sampled.batch.completions) / max(t_end - t0, 1e-9),
-            **sampled.metrics,
-            "time/train": t_end - t_reward,
-            "time/step": t_end - t0,
-        })  # fmt: skip
+        train_logp: list[float | None] = [None] * len(sampled.batch)
+        for r, i in enumerate(sampled.keep_B.nonzero().flatten().tolist()):
+            n = batch.completions[r].num_tokens
+            train_logp[i] = old_logp_BT[r, :n].mean().item() if n else None
+        self._store_rollouts(sampled, adv_all_B, train_logp)
+        return self.dist.reduce_metrics(
+            {
+                **self.scorer.pop_metrics(),  # rewards' log_metric values, averaged over the step as in TRL
+                **reward_metrics(
+                    sampled.scores,
+                    self.dist.gather(sampled.reward_B),
+                    self.dist.gather(torch.tensor(sampled.batch.group_ids)),
+                ),
+                **train_metrics,
+                **length_metrics(batch),
+                "adv_abs_mean": adv_B.abs().mean().item(),
+                "lr": self.scheduler.get_last_lr()[0],
+                "tokens_per_s": Sum(sum(c.num_tokens for c in sampled.batch.completions) / max(t_end - t0, 1e-9)),
+                **sampled.metrics,
+                "time/train": Max(t_end - t_reward),  # a step takes as long as its slowest process
+                "time/step": Max(t_end - t0),
+            }
+        )
 
     def _generate(self, n: int) -> RolloutBatch:
         first = self.sampler.position  # group ids = prompt draw counts: unique over the run, stable on resume
@@ -238,23 +278,32 @@ class GRPOTrainer:
         prompts, group_ids = self.dist.shard(prompts), self.dist.shard(group_ids)
         G = self.cfg.algorithm.num_generations
         if self.cfg.rollout.seeded_groups:
-            return generate_seeded(self.backend, prompts, group_ids, num_generations=G, seed=self.cfg.training.seed,
-                                   device=self.device)  # fmt: skip
+            return generate_seeded(
+                self.backend, prompts, group_ids, num_generations=G, seed=self.cfg.training.seed, device=self.device
+            )
         return self.backend.generate(prompts, group_ids, num_generations=G)
 
-    def _store_rollouts(self, sampled, adv_all_B: torch.Tensor) -> None:
+    def _store_rollouts(
+        self, sampled: CollectedGroups, adv_all_B: torch.Tensor, train_logp: list[float | None]
+    ) -> None:
         """Every process's groups go to process 0, which writes the step's rollout file."""
         step = self.step + 1
         if not self.rollout_store.wants(step):
             return
         kept = sampled.keep_B.tolist()
-        parts = self.dist.gather_objects((sampled.batch.completions, sampled.scores, adv_all_B.tolist(), kept))
+        parts = self.dist.gather_objects(
+            (sampled.batch.completions, sampled.scores, adv_all_B.tolist(), kept, train_logp)
+        )
         if self.dist.is_main:
-            completions, scores, adv, kept = zip(*parts, strict=True)
+            completions, scores, adv, kept, train_logp = zip(*parts, strict=True)
+            flat = lambda xss: [x for xs in xss for x in xs]  # noqa: E731
             self.rollout_store.write(
-                step, RolloutBatch([c for cs in completions for c in cs]), concat_scores(scores),
-                torch.tensor([x for xs in adv for x in xs]), extra={"kept": [x for xs in kept for x in xs]},
-            )  # fmt: skip
+                step,
+                RolloutBatch(flat(completions)),
+                RewardScores.concat(scores),
+                torch.tensor(flat(adv)),
+                extra={"kept": flat(kept), "train_mean_logprob": flat(train_logp)},
+            )
 
     def _score(self, batch: RolloutBatch) -> tuple[RewardScores, torch.Tensor]:
         scores = self._score_rewards(batch)
@@ -264,81 +313,95 @@ class GRPOTrainer:
         """Every reward on ``batch``, called as TRL calls them (chat messages for a conversational dataset, token
         ids, the trainer state)."""
         return self.scorer.score(
-            batch.reward_prompts, batch.reward_completions, batch.columns(), completion_ids=batch.completion_ids,
+            batch.reward_prompts,
+            batch.reward_completions,
+            batch.columns(),
+            completion_ids=batch.completion_ids,
             trainer_state=trainer_state(global_step=self.step, max_steps=self.cfg.training.max_steps),
-        )  # fmt: skip
-
-    def _logprobs(self, model, seq: SequenceTensors) -> torch.Tensor:
-        # One padded forward when router hooks observe it (they need the padded layout, rl.moe.control) or when a
-        # DDP/FSDP wrapper expects a single forward per backward.
-        share = not self.moe.observing and self.dist.world_size == 1
-        return completion_logprobs(model, seq, temperature=self.cfg.rollout.temperature, share_prompts=share)[0]
+        )
 
     @torch.no_grad()
-    def _logprobs_nograd(self, model, seq: SequenceTensors, moe_phase: str | None = None) -> torch.Tensor:
+    def _logprobs_nograd(self, model, seq: SequenceTensors, *, record: bool = False) -> torch.Tensor:
+        """``logp_BT`` of the whole batch in micro-batches (halved on out-of-memory); ``record``: the old policy's
+        forward, whose experts routing replay and flip rates compare against."""
+
         def chunk(rows: torch.Tensor) -> torch.Tensor:
-            self.moe.begin_forward(moe_phase, rows)  # "record": store each token's experts for replay and flip rates
-            return self._logprobs(model, seq.select(rows))
+            with self.forward(model, seq.select(rows), routing=record and self.moe.wants_routing) as out:
+                self.moe.record(rows, out.routing)
+            return out.logp_BT
 
-        out = self.logprob_chunks.run(chunk, seq.input_ids_BL.shape[0])
-        self.moe.begin_forward(None)
-        return out
+        return self.logprob_chunks.run(chunk, seq.input_ids_BL.shape[0])
 
-    def _update(self, seq: SequenceTensors, adv_B: torch.Tensor, batch: RolloutBatch) -> dict[str, float]:
-        a, t = self.cfg.algorithm, self.cfg.training
-        model = self.policy.model
+    def _update(self, seq: SequenceTensors, adv_B: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+        """``num_iterations`` passes of mini-batch updates over the batch; returns the metrics (averaged over the
+        updates) and the old policy's ``logp_BT`` (detached: what the rollout store keeps)."""
+        a = self.cfg.algorithm
         B = seq.input_ids_BL.shape[0]
-        mini, micro = self.sizes.mini, self.sizes.micro  # this process's rows (rl.distributed.local_sizes)
+        mini = self.sizes.mini  # this process's rows (rl.distributed.local_sizes)
         # With a single on-policy update, pi_old == pi_theta: the first forward's detached logp *is* old_logp, which
         # saves a forward (the ratio is exactly 1, the gradient is the policy gradient). Otherwise compute it once.
         on_policy = a.num_iterations == 1 and mini == B and not self.moe.needs_old_forward
         self.moe.begin_step(seq.attention_mask_BL)
-        old_logp_BT = None if on_policy else self._logprobs_nograd(model, seq, moe_phase="record")
+        old_logp_BT = None if on_policy else self._logprobs_nograd(self.policy.model, seq, record=True)
         ref_logp_BT = None
         if self.kl_fn is not None:
             with self.policy.as_reference() as ref:
                 ref_logp_BT = self._logprobs_nograd(ref, seq)
-        mask_BT = seq.completion_mask_BT
         gen = torch.Generator().manual_seed(self.cfg.training.seed * 100_003 + self.step)
         sums: dict[str, float] = defaultdict(float)
+        seen_BT = torch.zeros_like(seq.completion_mask_BT, dtype=torch.float32) if on_policy else old_logp_BT
         n_updates = 0
-        model.train()
+        self.policy.model.train()
         for _ in range(a.num_iterations):
             for mb in torch.randperm(B, generator=gen).split(mini):
-                self.optimizer.zero_grad(set_to_none=True)
-                tokens = normaliser(a.loss) == "tokens"  # token means divide by the global count (rl.distributed)
-                unit = self.dist.token_unit(mask_BT[mb].sum()).clamp(min=1) if tokens else torch.tensor(len(mb))
-                chunks = mb.split(micro)
-                for j, rows in enumerate(chunks):
-                    sub = seq.select(rows)
-                    with self.dist.no_sync(self.train_model, last=j == len(chunks) - 1):
-                        self.moe.begin_forward("train", rows)  # replays recorded experts; active through backward
-                        logp_BT = self._logprobs(self.train_model, sub)
-                        old = logp_BT.detach() if on_policy else old_logp_BT[rows]
-                        kl_BT = self.kl_fn(logp_BT, ref_logp_BT[rows]) if self.kl_fn else None
-                        loss, m = self.loss_fn(
-                            logp_BT, old, adv_B[rows], sub.completion_mask_BT, kl_BT=kl_BT, beta=a.beta,
-                            max_len=self.cfg.rollout.max_new_tokens, **self.loss_kwargs,
-                        )  # fmt: skip
-                        loss, m = self.moe.add_aux_loss(loss, m)
-                        share = (sub.completion_mask_BT.sum() if tokens else len(rows)) / unit
-                        self.dist.accelerator.backward(loss * share)
-                    sums["loss"] += loss.item() * float(share)
-                    for k, v in m.items():
-                        sums[k] += v.item() * float(share)
-                    if on_policy:
-                        for r, logp_T in zip(rows.tolist(), logp_BT.detach().cpu().tolist(), strict=True):
-                            batch.completions[r].logprobs = logp_T[: batch.completions[r].num_tokens]
-                max_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
-                norm = self.dist.accelerator.clip_grad_norm_(self.params, max_norm)  # None: DeepSpeed clips itself
-                sums["grad_norm"] += math.nan if norm is None else float(norm)
-                self.optimizer.step()
-                self.scheduler.step()
+                self._mini_batch_update(seq, mb, adv_B, old_logp_BT, ref_logp_BT, sums, seen_BT)
                 n_updates += 1
-        if not on_policy:
-            for r, c in enumerate(batch.completions):
-                c.logprobs = old_logp_BT[r, : c.num_tokens].cpu().tolist()
-        return {**{k: v / n_updates for k, v in sums.items()}, **self.moe.end_step()}
+        return {**{k: v / n_updates for k, v in sums.items()}, **self.moe.end_step()}, seen_BT.detach()
+
+    def _mini_batch_update(self, seq, mb, adv_B, old_logp_BT, ref_logp_BT, sums, seen_BT) -> None:
+        """One optimizer update on the rows ``mb``, accumulated over micro-batches. Each micro-batch's loss is
+        weighted by its share of the mini-batch's normaliser (tokens or rows, as the loss declares), counted over
+        every process (``rl.distributed``), so the update equals the one-process full-batch one."""
+        a, t = self.cfg.algorithm, self.cfg.training
+        mask_BT = seq.completion_mask_BT
+        self.optimizer.zero_grad(set_to_none=True)
+        tokens = self.loss_fn.normaliser == "tokens"  # as the loss declares (rl.losses.PolicyLoss)
+        unit = self.dist.token_unit(mask_BT[mb].sum()).clamp(min=1) if tokens else torch.tensor(len(mb))
+        chunks = mb.split(self.sizes.micro)
+        for j, rows in enumerate(chunks):
+            sub = seq.select(rows)
+            replay = self.moe.replay_for(rows)
+            with (
+                self.dist.no_sync(self.train_model, last=j == len(chunks) - 1),
+                self.forward(self.train_model, sub, routing=self.moe.wants_routing, replay_BLK=replay) as out,
+            ):
+                logp_BT = out.logp_BT
+                old = logp_BT.detach() if old_logp_BT is None else old_logp_BT[rows]
+                kl_BT = self.kl_fn(logp_BT, ref_logp_BT[rows]) if self.kl_fn else None
+                loss, m = self.loss_fn(
+                    logp_BT,
+                    old,
+                    adv_B[rows],
+                    sub.completion_mask_BT,
+                    kl_BT=kl_BT,
+                    beta=a.beta,
+                    max_len=self.cfg.rollout.max_new_tokens,
+                    **self.loss_kwargs,
+                )
+                self.moe.observe(rows, out.routing)
+                loss, m = self.moe.add_aux_loss(loss, m, out.routing)
+                share = (sub.completion_mask_BT.sum() if tokens else len(rows)) / unit
+                self.dist.accelerator.backward(loss * share)  # inside: re-run routers replay the same experts
+            sums["loss"] += loss.item() * float(share)
+            for k, v in m.items():
+                sums[k] += v.item() * float(share)
+            if old_logp_BT is None:
+                seen_BT[rows] = logp_BT.detach().float()
+        max_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
+        norm = self.dist.accelerator.clip_grad_norm_(self.params, max_norm)  # None: DeepSpeed clips itself
+        sums["grad_norm"] += math.nan if norm is None else float(norm)
+        self.optimizer.step()
+        self.scheduler.step()
 
     # ---------------------------------------------------------------- eval
     @torch.no_grad()
@@ -353,7 +416,7 @@ class GRPOTrainer:
         if prompts:
             batch = self.backend.generate(prompts, list(range(len(prompts))), num_generations=1, greedy=True)
             scores = self._score_rewards(batch)
-            sums.update({label: sum(v or 0.0 for v in vals) for label, vals in scores.values.items()})
+            sums.update({c.label: sum(v or 0.0 for v in c.values) for c in scores.rewards})
             sums["_n"], sums["completion_len"] = len(batch), sum(c.num_tokens for c in batch.completions)
         sums = self.dist.sum(sums)
         out = {"accuracy" if i == 0 else label: sums[label] / sums["_n"] for i, label in enumerate(labels)}
@@ -366,16 +429,26 @@ class GRPOTrainer:
 
     # ---------------------------------------------------------- checkpoints
     def _trainer_state(self) -> dict[str, Any]:
-        return {"data_position": self.sampler.position, "base_eval": self.base_eval,
-                "elapsed": time.time() - self.started}  # fmt: skip
+        return {
+            "data_position": self.sampler.position,
+            "base_eval": self.base_eval,
+            "elapsed": time.time() - self.started,
+        }
 
     def save_checkpoint(self) -> Path:
         return save_checkpoint(
-            self.run_dir / "checkpoints", self.step, self.policy.model, self.optimizer, self.scheduler,
-            self._trainer_state(), keep=self.cfg.logging.keep_checkpoints, rank=self.dist.rank,
-            barrier=self.dist.barrier, full_state=self.dist.full_state_dict(self.train_model),
+            self.run_dir / "checkpoints",
+            self.step,
+            self.policy.model,
+            self.optimizer,
+            self.scheduler,
+            self._trainer_state(),
+            keep=self.cfg.logging.keep_checkpoints,
+            rank=self.dist.rank,
+            barrier=self.dist.barrier,
+            full_state=self.dist.full_state_dict(self.train_model),
             optimizer_per_rank=self.dist.sharded,
-        )  # fmt: skip
+        )
 
     def _resume(self) -> None:
         ckpt = latest_checkpoint(self.run_dir / "checkpoints")
@@ -394,32 +467,6 @@ class GRPOTrainer:
             self.metrics_log.truncate_after(self.step)
             self.rollout_store.truncate_after(self.step)
             console.print(f"resumed from {ckpt} (step {self.step})")
-
-
-def reward_metrics(scores, reward_B: torch.Tensor, group_B: torch.Tensor) -> dict[str, float]:
-    out: dict[str, float] = {}
-    valid = reward_B[~torch.isnan(reward_B)]
-    out["reward"] = valid.mean().item() if valid.numel() else math.nan
-    out["reward_std"] = valid.std().item() if valid.numel() > 1 else 0.0
-    for label, vals in scores.values.items():
-        present = [v for v in vals if v is not None]
-        out[f"reward/{label}"] = sum(present) / len(present) if present else math.nan
-        out[f"reward/{label}/abstain_frac"] = 1 - len(present) / max(len(vals), 1)
-        out[f"reward/{label}/errors"] = scores.errors[label]
-    # Groups whose rewards are all equal give zero advantage: no learning signal (DAPO's motivation for dynamic
-    # sampling). Their share is the first number to look at when reward stops moving.
-    stds = [reward_B[group_B == g].nan_to_num(0.0).std().item() for g in group_B.unique()]
-    out["frac_groups_zero_std"] = sum(s == 0 for s in stds) / max(len(stds), 1)
-    return out
-
-
-def length_metrics(batch: RolloutBatch) -> dict[str, float]:
-    lens = [c.num_tokens for c in batch.completions]
-    return {
-        "completion_len": sum(lens) / len(lens),
-        "completion_len_max": max(lens),
-        "truncated_frac": sum(c.finish_reason == "length" for c in batch.completions) / len(lens),
-    }
 
 
 def run_dir_for(cfg: RecipeConfig, recipe_path: str | Path | None, output_dir: str | None) -> Path:

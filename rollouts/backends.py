@@ -8,14 +8,13 @@ The interface is deliberately small so a faster engine (vLLM, SGLang) can be add
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import torch
 
 from core.registry import Registry
 from rollouts.records import Completion, Prompt, RolloutBatch
-from rollouts.sampler import sample
 
 
 class GenerationBackend(Protocol):
@@ -25,6 +24,11 @@ class GenerationBackend(Protocol):
 
 
 BACKENDS: Registry[type] = Registry("generation backend")
+
+Row = tuple[Prompt, int, list[int]]
+"""One row to generate: (prompt, group id, prompt token ids)."""
+SAMPLERS: Registry[Callable[[TransformersBackend, list[Row], bool], list[Completion]]] = Registry("sampler")
+"""Decoding loops of ``TransformersBackend``: ``sampler(backend, rows, greedy) -> completions``, one per row."""
 
 
 @contextlib.contextmanager
@@ -63,11 +67,11 @@ def torch_threads(n: int | None) -> Iterator[None]:
 class TransformersBackend:
     """G samples per prompt from a transformers model; each row stops at EOS or ``max_new_tokens``.
 
-    ``sampler="r1kit"`` (default) runs ``rollouts.sampler.sample``: each prompt prefilled once for its group,
-    finished rows dropped, no ``generate`` overhead per token, and (``fused_decode``) a fused decode step for the
-    families ``rollouts.fused`` covers. ``sampler="generate"`` is the reference path: batched ``model.generate``
-    with left padding. Both give the same tokens under the same seed. ``threads``: torch's CPU threads while
-    generating (None: unchanged).
+    ``sampler`` names the decoding loop in ``SAMPLERS``: ``r1kit`` (default) runs ``rollouts.sampler.sample``: each
+    prompt prefilled once for its group, finished rows dropped, no ``generate`` overhead per token, and
+    (``fused_decode``) a fused decode step for the families ``rollouts.fused`` covers. ``generate`` is the
+    reference path: batched ``model.generate`` with left padding. Both give the same tokens under the same seed.
+    ``threads``: torch's CPU threads while generating (None: unchanged).
     """
 
     def __init__(
@@ -84,8 +88,7 @@ class TransformersBackend:
         fused_decode: bool = True,
         threads: int | None = None,
     ) -> None:
-        if sampler not in SAMPLERS:
-            raise ValueError(f"rollout.sampler: unknown {sampler!r}; known: {list(SAMPLERS)}")
+        self._sample_rows = SAMPLERS.get(sampler)  # an unknown name raises, listing the known ones
         self.model, self.tokenizer, self.sampler = model, tokenizer, sampler
         self.fused_decode, self.threads = fused_decode, threads
         self.max_new_tokens, self.temperature, self.top_p, self.top_k = max_new_tokens, temperature, top_p, top_k
@@ -111,50 +114,17 @@ class TransformersBackend:
             completions.extend(self._generate_rows(rows[start : start + step], greedy))
         return RolloutBatch(completions)
 
-    def _generate_rows(self, rows, greedy: bool) -> list[Completion]:
+    def _generate_rows(self, rows: list[Row], greedy: bool) -> list[Completion]:
         was_training = self.model.training
         self.model.eval()
         try:
             with router_logits_off(self.model), torch_threads(self.threads):
-                if self.sampler == "generate":
-                    return self._with_generate(rows, greedy)
-                return self._with_sampler(rows, greedy)
+                return self._sample_rows(self, rows, greedy)
         finally:
             self.model.train(was_training)
 
-    def _with_sampler(self, rows, greedy: bool) -> list[Completion]:
-        # Consecutive rows of one group share a prompt: one unit (prompt ids, repeats) per run of rows.
-        units: list[tuple[int, list[int], int]] = []
-        for _, g, ids in rows:
-            if units and units[-1][0] == g and units[-1][1] == ids:
-                units[-1] = (g, ids, units[-1][2] + 1)
-            else:
-                units.append((g, ids, 1))
-        out = sample(
-            self.model, [ids for _, ids, _ in units], [n for _, _, n in units], max_new_tokens=self.max_new_tokens,
-            eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_token_id, temperature=self.temperature,
-            top_p=self.top_p, top_k=self.top_k, greedy=greedy, fused=self.fused_decode,
-        )  # fmt: skip
-        completions = [self._completion(row, gen) for row, gen in zip(rows, out.tokens, strict=True)]
-        for c, lp in zip(completions, out.logprobs, strict=True):
-            c.logprobs = lp[: c.num_tokens]
-        return completions
-
-    @torch.no_grad()
-    def _with_generate(self, rows, greedy: bool) -> list[Completion]:
-        device = next(self.model.parameters()).device
-        P = max(len(ids) for _, _, ids in rows)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (P - len(ids)) + ids for _, _, ids in rows], device=device)
-        attention = torch.tensor([[0] * (P - len(ids)) + [1] * len(ids) for _, _, ids in rows], device=device)
-        sampling = {} if greedy else {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
-        out = self.model.generate(
-            input_ids=input_ids, attention_mask=attention, max_new_tokens=self.max_new_tokens,
-            do_sample=not greedy, pad_token_id=pad, eos_token_id=self.eos_ids, **sampling,
-        )  # fmt: skip
-        return [self._completion(row, gen) for row, gen in zip(rows, out[:, P:].tolist(), strict=True)]
-
-    def _completion(self, row, gen: list[int]) -> Completion:
+    def completion(self, row: Row, gen: list[int]) -> Completion:
+        """The record of one generated row: tokens through the first EOS (kept), decoded text, finish reason."""
         prompt, group_id, ids = row
         cut = next((i for i, t in enumerate(gen) if t in self.eos_ids), None)
         tokens = gen if cut is None else gen[: cut + 1]  # keep the EOS: the model must learn to stop
@@ -162,7 +132,60 @@ class TransformersBackend:
         return Completion(group_id, prompt, ids, tokens, text, "length" if cut is None else "eos")
 
 
-SAMPLERS = ("r1kit", "generate")
+@SAMPLERS.register("r1kit")
+def r1kit_sampler(backend: TransformersBackend, rows: list[Row], greedy: bool) -> list[Completion]:
+    """``rollouts.sampler.sample``: one prefill per group, finished rows leave the batch; keeps its log-probs."""
+    # Imported here: rollouts.sampler loads transformers (~2 s), and rl.config reads SAMPLERS' names without it.
+    from rollouts.sampler import sample
+
+    # Consecutive rows of one group share a prompt: one unit (prompt ids, repeats) per run of rows.
+    units: list[tuple[int, list[int], int]] = []
+    for _, g, ids in rows:
+        if units and units[-1][0] == g and units[-1][1] == ids:
+            units[-1] = (g, ids, units[-1][2] + 1)
+        else:
+            units.append((g, ids, 1))
+    b = backend
+    out = sample(
+        b.model,
+        [ids for _, ids, _ in units],
+        [n for _, _, n in units],
+        max_new_tokens=b.max_new_tokens,
+        eos_ids=b.eos_ids,
+        pad_id=b.tokenizer.pad_token_id,
+        temperature=b.temperature,
+        top_p=b.top_p,
+        top_k=b.top_k,
+        greedy=greedy,
+        fused=b.fused_decode,
+    )
+    completions = [b.completion(row, gen) for row, gen in zip(rows, out.tokens, strict=True)]
+    for c, lp in zip(completions, out.logprobs, strict=True):
+        c.logprobs = lp[: c.num_tokens]
+    return completions
+
+
+@SAMPLERS.register("generate")
+@torch.no_grad()
+def generate_sampler(backend: TransformersBackend, rows: list[Row], greedy: bool) -> list[Completion]:
+    """Batched ``model.generate`` with left padding: the reference the r1kit sampler is tested against."""
+    b = backend
+    device = next(b.model.parameters()).device
+    P = max(len(ids) for _, _, ids in rows)
+    pad = b.tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (P - len(ids)) + ids for _, _, ids in rows], device=device)
+    attention = torch.tensor([[0] * (P - len(ids)) + [1] * len(ids) for _, _, ids in rows], device=device)
+    sampling = {} if greedy else {"temperature": b.temperature, "top_p": b.top_p, "top_k": b.top_k}
+    out = b.model.generate(
+        input_ids=input_ids,
+        attention_mask=attention,
+        max_new_tokens=b.max_new_tokens,
+        do_sample=not greedy,
+        pad_token_id=pad,
+        eos_token_id=b.eos_ids,
+        **sampling,
+    )
+    return [b.completion(row, gen) for row, gen in zip(rows, out[:, P:].tolist(), strict=True)]
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

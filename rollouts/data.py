@@ -31,10 +31,20 @@ class PromptSets:
 
 
 def load_prompt_sets(
-    *, task: str | None, path: str | None, split: str, prompt_column: str, template: str,
-    num_train: int, num_eval: int, seed: int, subset: str | None = None, adapter: str = "generic",
-    filters: Mapping[str, Sequence[Any]] | None = None, tokenizer=None,
-) -> PromptSets:  # fmt: skip
+    *,
+    task: str | None,
+    path: str | None,
+    split: str,
+    prompt_column: str,
+    template: str,
+    num_train: int,
+    num_eval: int,
+    seed: int,
+    subset: str | None = None,
+    adapter: str = "generic",
+    filters: Mapping[str, Sequence[Any]] | None = None,
+    tokenizer=None,
+) -> PromptSets:
     """Train and held-out prompts: a synthetic ``task``, or dataset rows read through an adapter.
 
     Dataset rows are visited in a seeded random order; rows failing ``filters`` or without a usable answer are
@@ -71,8 +81,9 @@ def load_prompt_sets(
             continue
         messages = chat_messages(ad.question) if template == "chat" else None  # rewards get them, as in TRL
         prompts.append(Prompt(f"row-{i}", fmt(ad.question), ad.columns, messages))
-    log.info("data: %d prompts from %s (%d filtered out, %d without an answer)", len(prompts), path, filtered,
-             unusable)  # fmt: skip
+    log.info(
+        "data: %d prompts from %s (%d filtered out, %d without an answer)", len(prompts), path, filtered, unusable
+    )
     if not prompts:
         raise DataError(
             f"data.path: none of the {len(ds)} rows of {path!r} gave a prompt with an answer ({filtered} filtered "

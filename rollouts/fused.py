@@ -16,7 +16,7 @@ and 32 rows). A fused step computes the same thing as the model's forward for on
 Results are those of the model's forward: the same arithmetic on the same tensors (tested: equal logits - bit for
 bit on the machines we run - and the same tokens as ``model.generate`` under the same seed,
 ``tests/test_fused_decode.py``, ``tests/test_perf_equivalence.py``). Forward hooks are skipped, so a model with
-any hook declines, except r1kit's router hooks, which do nothing while sampling (``IDLE_WHEN_SAMPLING``).
+any hook declines (r1kit's own router capture hooks exist only inside a training forward, ``rl.moe.capture``).
 ``fused_decoder`` returns None for anything it does not cover - another family, non-sdpa attention, sliding
 windows, foreign forward hooks, a device other than CPU (not measured there yet) - and the sampler then calls
 the model's forward as before. LoRA adapters (peft) are covered: their layers are called as modules.
@@ -40,7 +40,6 @@ from core.hf import full_sdpa_attention
 from core.registry import Registry
 
 FUSED_DECODERS: Registry[type] = Registry("fused decoder")  # config.model_type -> decoder class
-IDLE_WHEN_SAMPLING = "r1kit_idle_when_sampling"  # attribute on hooks that do nothing during sampling
 
 
 class KVBuffers:
@@ -110,10 +109,13 @@ def plain_experts(experts: torch.nn.Module) -> bool:
         type(experts).__name__.endswith("Experts")
         and not parametrize.is_parametrized(experts)
         and getattr(experts.config, "_experts_implementation", None) == "grouped_mm"
-        and getattr(experts, "has_gate", False) and getattr(experts, "is_concatenated", False)
-        and not getattr(experts, "is_transposed", True) and not getattr(experts, "has_bias", True)
-        and not getattr(experts, "has_post_expert_norm", True) and not getattr(experts, "_is_expert_parallel", True)
-    )  # fmt: skip
+        and getattr(experts, "has_gate", False)
+        and getattr(experts, "is_concatenated", False)
+        and not getattr(experts, "is_transposed", True)
+        and not getattr(experts, "has_bias", True)
+        and not getattr(experts, "has_post_expert_norm", True)
+        and not getattr(experts, "_is_expert_parallel", True)
+    )
 
 
 def grouped_experts(experts: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -161,8 +163,9 @@ def decode_attention(q_nh1d, k_nhLd, v_nhLd, mask_n11L, scaling: float) -> torch
     hkv = k_nhLd.shape[1]
     if h != hkv and mask_n11L is not None:
         q_nh1d = q_nh1d.reshape(n, hkv, h // hkv, d)
-    out = F.scaled_dot_product_attention(q_nh1d, k_nhLd, v_nhLd, attn_mask=mask_n11L, scale=scaling,
-                                         enable_gqa=h != hkv and mask_n11L is None)  # fmt: skip
+    out = F.scaled_dot_product_attention(
+        q_nh1d, k_nhLd, v_nhLd, attn_mask=mask_n11L, scale=scaling, enable_gqa=h != hkv and mask_n11L is None
+    )
     return out.reshape(n, h, 1, -1).transpose(1, 2)
 
 
@@ -367,7 +370,7 @@ def unsupported(model: torch.nn.Module) -> str | None:
         if "RMSNorm" in type(module).__name__ and not hasattr(module, "variance_epsilon"):
             return f"{name} is an RMSNorm of another form ({type(module).__name__})"
         hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
-        if any(not getattr(hook, IDLE_WHEN_SAMPLING, False) for hook in hooks):
+        if hooks:
             return f"{name or 'the model'} has forward hooks the fused step would skip"
     if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
         return "global forward hooks are registered"

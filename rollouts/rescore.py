@@ -39,8 +39,8 @@ def rescore(df: pd.DataFrame, specs: Sequence[RewardSpec], *, max_error_fraction
     scores = scorer.score(df["prompt"].tolist(), df["completion"].tolist(), columns)
     out = pd.DataFrame({"reward": _floats(scores.total)}, index=df.index)
     for spec in specs:
-        out[f"reward/{spec.label}"] = _floats(scores.values[spec.label])
-        out[f"reward_info/{spec.label}"] = [to_json(i) for i in scores.info[spec.label]]
+        out[f"reward/{spec.label}"] = _floats(scores[spec.label].values)
+        out[f"reward_info/{spec.label}"] = [to_json(i) for i in scores[spec.label].info]
     return out
 
 

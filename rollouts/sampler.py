@@ -26,7 +26,7 @@ from rollouts.fused import fused_decoder
 
 
 @dataclass
-class Sampled:
+class SampledTokens:
     """Per row: the new tokens (through the first EOS, inclusive) and their log-probabilities under the
     temperature-scaled distribution (the one the trainer's forward computes)."""
 
@@ -66,15 +66,26 @@ def sample(
     top_k: int = 0,
     greedy: bool = False,
     fused: bool = True,
-) -> Sampled:
+) -> SampledTokens:
     """``repeats[u]`` completions of ``prompt_ids[u]``, rows in prompt order (prompt 0's repeats first).
 
     ``fused``: decode with ``rollouts.fused``'s step where it covers the model (same results, less overhead per
     token); otherwise, and with False, each step calls the model's forward."""
     # inference_mode, not just no_grad: no view or version tracking either, ~8% faster per decode step here.
     with torch.inference_mode():
-        out = _sample(model, prompt_ids, repeats, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
-                      temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy, fused=fused)  # fmt: skip
+        out = _sample(
+            model,
+            prompt_ids,
+            repeats,
+            max_new_tokens=max_new_tokens,
+            eos_ids=eos_ids,
+            pad_id=pad_id,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            greedy=greedy,
+            fused=fused,
+        )
     _renew_inference_buffers(model)
     return out
 
@@ -96,8 +107,14 @@ def _sample(model, prompt_ids, repeats, *, max_new_tokens, eos_ids, pad_id, temp
     # As generate: positions count real tokens; left padding gets position 1 (masked out anyway).
     pos_UP = (attn_UP.cumsum(-1) - 1).masked_fill(~attn_UP, 1)
     cache = DynamicCache(config=model.config)
-    out = model(input_ids=ids_UP, attention_mask=attn_UP, position_ids=pos_UP, **{CACHE_KWARG: cache},
-                use_cache=True, logits_to_keep=1)  # fmt: skip
+    out = model(
+        input_ids=ids_UP,
+        attention_mask=attn_UP,
+        position_ids=pos_UP,
+        **{CACHE_KWARG: cache},
+        use_cache=True,
+        logits_to_keep=1,
+    )
     row_U = torch.arange(len(prompt_ids), device=device).repeat_interleave(torch.tensor(repeats, device=device))
     cache.batch_select_indices(row_U)  # share each prompt's KV cache with its group: prefilled once, not G times
     logits_nV = out.logits[row_U, -1].float()
@@ -133,13 +150,19 @@ def _sample(model, prompt_ids, repeats, *, max_new_tokens, eos_ids, pad_id, temp
             logits_nV = decoder.step(tok_n, next_pos_n, attn_nL[:, None, None, :] if padded else None).float()
         else:
             mask = attn_nL[:, None, None, :] if own_mask else attn_nL
-            out = model(input_ids=tok_n[:, None], attention_mask=mask, position_ids=next_pos_n[:, None],
-                        **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1)  # fmt: skip
+            out = model(
+                input_ids=tok_n[:, None],
+                attention_mask=mask,
+                position_ids=next_pos_n[:, None],
+                **{CACHE_KWARG: cache},
+                use_cache=True,
+                logits_to_keep=1,
+            )
             logits_nV = out.logits[:, -1].float()
         next_pos_n = next_pos_n + 1
     lengths = (tok_BT >= 0).sum(-1).tolist()
     tokens = [row[:n] for row, n in zip(tok_BT.tolist(), lengths, strict=True)]
-    return Sampled(tokens, [row[:n] for row, n in zip(logp_BT.tolist(), lengths, strict=True)])
+    return SampledTokens(tokens, [row[:n] for row, n in zip(logp_BT.tolist(), lengths, strict=True)])
 
 
 def _can_pass_decode_mask(model: torch.nn.Module) -> bool:

@@ -107,9 +107,9 @@ def rollout_table(
         "completion": pa.array([c.text for c in comps], pa.string()),
         "reward": pa.array([scores.total[i] for i in rows], pa.float64()),
     }
-    for label, vals in scores.values.items():
-        cols[f"reward/{label}"] = pa.array([vals[i] for i in rows], pa.float64())
-        cols[f"reward_info/{label}"] = pa.array([to_json(scores.info[label][i]) for i in rows], pa.string())
+    for reward in scores.rewards:
+        cols[f"reward/{reward.label}"] = pa.array([reward.values[i] for i in rows], pa.float64())
+        cols[f"reward_info/{reward.label}"] = pa.array([to_json(reward.info[i]) for i in rows], pa.string())
     cols["advantage"] = pa.array([adv[i] for i in rows], pa.float64())
     cols["num_tokens"] = pa.array([c.num_tokens for c in comps], pa.int64())
     cols["finish_reason"] = pa.array([c.finish_reason for c in comps], pa.string())

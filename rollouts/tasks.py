@@ -67,6 +67,12 @@ class Demo:
     shown_answer: str
 
 
+TASKS: Registry[Callable[[random.Random], Example]] = Registry("task")
+DEMOS: Registry[Callable[[Example, random.Random, float], Demo]] = Registry("task demonstration")
+"""Per task: ``(example, rng, mistake_rate) -> Demo``, the systematic mistakes a tiny base is pre-trained on."""
+
+
+@TASKS.register("arith")
 def arith_example(rng: random.Random, min_terms: int = 3, max_terms: int = 5) -> Example:
     terms = [rng.randint(0, 9) for _ in range(rng.randint(min_terms, max_terms))]
     steps, total = [], terms[0]
@@ -76,6 +82,7 @@ def arith_example(rng: random.Random, min_terms: int = 3, max_terms: int = 5) ->
     return Example("+".join(map(str, terms)), " ".join(steps), str(total))
 
 
+@DEMOS.register("arith")
 def arith_demo(ex: Example, rng: random.Random, mistake_rate: float) -> Demo:
     if rng.random() < mistake_rate:
         # "Forgot the last term": the partial sum before the last step, read off the reasoning itself.
@@ -86,14 +93,19 @@ def arith_demo(ex: Example, rng: random.Random, mistake_rate: float) -> Demo:
 # --------------------------------------------------------------------------------------------------- pyfunc
 # Rule families: the reasoning and the code both spell the rule this way; ``{k}`` is drawn from the range. Three
 # points determine the rule within this family (two rules agree on at most two inputs).
-PYFUNC_RULES: dict[str, range] = {"x+{k}": range(1, 10), "x-{k}": range(1, 10), "x*{k}": range(2, 10),
-                                  "x*x+{k}": range(1, 10)}  # fmt: skip
+PYFUNC_RULES: dict[str, range] = {
+    "x+{k}": range(1, 10),
+    "x-{k}": range(1, 10),
+    "x*{k}": range(2, 10),
+    "x*x+{k}": range(1, 10),
+}
 PYFUNC_SHOWN = range(0, 10)
 """Inputs the prompt may show (three distinct, ascending)."""
 PYFUNC_HIDDEN = range(10, 100)
 """Inputs only the tests use: a program must implement the rule, not a lookup of the shown pairs."""
 
 
+@TASKS.register("pyfunc")
 def pyfunc_example(rng: random.Random, n_shown: int = 3, n_hidden: int = 3) -> Example:
     """Write ``f`` from three of its values. The reasoning states the rule, the answer writes it as code::
 
@@ -117,6 +129,7 @@ def pyfunc_example(rng: random.Random, n_shown: int = 3, n_hidden: int = 3) -> E
     )
 
 
+@DEMOS.register("pyfunc")
 def pyfunc_demo(ex: Example, rng: random.Random, mistake_rate: float) -> Demo:
     if rng.random() < mistake_rate:
         # Off by one: the code's constant (the trailing number) is one more than in the rule just stated.
@@ -127,16 +140,6 @@ def pyfunc_demo(ex: Example, rng: random.Random, mistake_rate: float) -> Demo:
 def _pyfunc(rule: str) -> Callable[[int], int]:
     """The rule as a Python function, evaluated here (trusted: the rules come from ``PYFUNC_RULES``)."""
     return eval(f"lambda x: {rule}")  # noqa: S307
-
-
-TASKS: Registry[Callable[[random.Random], Example]] = Registry("task")
-TASKS.add("arith", arith_example)
-TASKS.add("pyfunc", pyfunc_example)
-
-DEMOS: Registry[Callable[[Example, random.Random, float], Demo]] = Registry("task demonstration")
-"""Per task: ``(example, rng, mistake_rate) -> Demo``, the systematic mistakes a tiny base is pre-trained on."""
-DEMOS.add("arith", arith_demo)
-DEMOS.add("pyfunc", pyfunc_demo)
 
 
 def split_examples(task: str, *, n_train: int, n_eval: int, seed: int) -> tuple[list[Example], list[Example]]:

@@ -26,9 +26,13 @@ class FilterError(ValueError):
 
 
 def select(
-    df: pd.DataFrame, *, filter_expr: str | None = None, sort: str | None = None, ascending: bool = False,
+    df: pd.DataFrame,
+    *,
+    filter_expr: str | None = None,
+    sort: str | None = None,
+    ascending: bool = False,
     limit: int | None = None,
-) -> pd.DataFrame:  # fmt: skip
+) -> pd.DataFrame:
     """Rows matching ``filter_expr`` (a ``DataFrame.query`` expression), sorted by ``sort``, the first ``limit``.
 
     Without ``sort`` rows stay in batch order (group by group). Columns whose names hold ``/`` are quoted with
@@ -78,8 +82,10 @@ def breakdown(row: pd.Series, names: list[str], max_info: int = 80) -> Text:
         raw = row.get(f"reward_info/{name}")
         info = json.loads(raw) if isinstance(raw, str) and raw else {}
         if info:
-            text = " ".join(f"{k}={json.dumps(val, ensure_ascii=False) if not isinstance(val, str) else val}"
-                            for k, val in info.items())  # fmt: skip
+            text = " ".join(
+                f"{k}={json.dumps(val, ensure_ascii=False) if not isinstance(val, str) else val}"
+                for k, val in info.items()
+            )
             out.append("  " + (text if len(text) <= max_info else text[: max_info - 1] + "…"), style="dim")
     return out
 
@@ -110,10 +116,14 @@ def rollouts_table(
         cells = [str(row["step"])] if many_steps else []
         cells += [str(row["group_id"])]
         table.add_row(
-            *cells, Text(row["prompt"]), completion, Text(_fmt(row["reward"]), style=_value_style(row["reward"])),
-            breakdown(row, names), _advantage(row),
+            *cells,
+            Text(row["prompt"]),
+            completion,
+            Text(_fmt(row["reward"]), style=_value_style(row["reward"])),
+            breakdown(row, names),
+            _advantage(row),
             str(row["num_tokens"]),
-        )  # fmt: skip
+        )
     return table
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rewards.scoring import RewardScores, weighted_total
-from rl.tiny import build_char_tokenizer, tiny_model
+from rewards.scoring import RewardColumn, RewardScores
+from rl.zoo.models import build_char_tokenizer, tiny_model
 from rollouts.records import Completion, Prompt, RolloutBatch
 from rollouts.store import RolloutStore
 
@@ -121,9 +121,8 @@ def make_step(step: int, n_groups: int = 2, G: int = 4) -> tuple[RolloutBatch, R
             acc.append(None if abstain_all else float(k % 2 == 0))
             fmt.append(None if k == 1 else 1.0)
             info.append({"extracted": str(answer), "gold": str(g + 1)})
-    values = {"acc": acc, "fmt": fmt}
-    scores = RewardScores(values, {"acc": info, "fmt": [{} for _ in fmt]}, {"acc": 0, "fmt": 0},
-                          weighted_total(values, {"acc": 1.0, "fmt": 0.5}))  # fmt: skip
+    columns = [RewardColumn("acc", tuple(acc), tuple(info)), RewardColumn("fmt", tuple(fmt), ({},) * len(fmt))]
+    scores = RewardScores.weighted(columns, {"acc": 1.0, "fmt": 0.5})
     adv_B = torch.tensor([0.5 if k % 2 == 0 else -0.5 for _ in range(n_groups) for k in range(G)])
     return RolloutBatch(comps), scores, adv_B
 
@@ -141,12 +140,22 @@ def fake_run_dir(tmp_path: Path) -> Path:
     lines = []
     for step in (1, 2, 3):
         store.write(step, *make_step(step))
-        lines.append({
-            "step": step, "reward": 0.2 * step, "reward/acc": 0.1 + 0.2 * step, "reward/fmt": 0.9,
-            "reward/acc/abstain_frac": 0.0, "kl": 0.01 * step, "clip_frac": 0.02, "entropy": 1.0 - 0.1 * step,
-            "completion_len": 10.0 + step, "completion_len_max": 20, "truncated_frac": 0.25,
-            "moe/expert_load": [[0.25, 0.25, 0.4, 0.1], [0.1 * step, 0.3, 0.3, 0.4 - 0.1 * step]],
-            "moe/expert_load_layers": [1, 3],  # the first layer is dense
-        })  # fmt: skip
+        lines.append(
+            {
+                "step": step,
+                "reward": 0.2 * step,
+                "reward/acc": 0.1 + 0.2 * step,
+                "reward/fmt": 0.9,
+                "reward/acc/abstain_frac": 0.0,
+                "kl": 0.01 * step,
+                "clip_frac": 0.02,
+                "entropy": 1.0 - 0.1 * step,
+                "completion_len": 10.0 + step,
+                "completion_len_max": 20,
+                "truncated_frac": 0.25,
+                "moe/expert_load": [[0.25, 0.25, 0.4, 0.1], [0.1 * step, 0.3, 0.3, 0.4 - 0.1 * step]],
+                "moe/expert_load_layers": [1, 3],  # the first layer is dense
+            }
+        )
     (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
     return run

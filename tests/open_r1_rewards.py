@@ -31,7 +31,11 @@ def accuracy_reward(completions, solution, **kwargs):
                 extraction_config=[
                     LatexExtractionConfig(
                         normalization_config=NormalizationConfig(
-                            nits=False, malformed_operators=False, basic_latex=True, equations=True, boxed="all",
+                            nits=False,
+                            malformed_operators=False,
+                            basic_latex=True,
+                            equations=True,
+                            boxed="all",
                             units=True,
                         ),
                         # Ensures that boxed is tried first
@@ -40,7 +44,7 @@ def accuracy_reward(completions, solution, **kwargs):
                     )
                 ],
                 extraction_mode="first_match",
-            )  # fmt: skip
+            )
             # Reward 1 if the content is the same as the ground truth, 0 otherwise
             try:
                 reward = float(verify(answer_parsed, gold_parsed))
@@ -71,10 +75,16 @@ CALLS: list[dict] = []
 def spy(prompts, completions, completion_ids, trainer_state, log_metric, log_extra, **kwargs):
     """Records its arguments, logs the batch size as a metric and each completion's token count as an extra
     column, and scores the token count."""
-    CALLS.append({
-        "prompts": prompts, "completions": completions, "completion_ids": completion_ids,
-        "global_step": trainer_state.global_step, "max_steps": trainer_state.max_steps, "columns": sorted(kwargs),
-    })  # fmt: skip
+    CALLS.append(
+        {
+            "prompts": prompts,
+            "completions": completions,
+            "completion_ids": completion_ids,
+            "global_step": trainer_state.global_step,
+            "max_steps": trainer_state.max_steps,
+            "columns": sorted(kwargs),
+        }
+    )
     log_metric("spy/batch_size", len(completions))
     log_extra("n_ids", [len(ids) for ids in completion_ids])
     return [float(len(ids)) for ids in completion_ids]

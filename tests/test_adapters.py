@@ -87,14 +87,24 @@ def _jsonl(path, rows):
 
 
 def test_load_math_levels_3_to_5_with_the_r1_template(tmp_path):
-    rows = [{**MATH_ROW, "problem": f"p{i}", "level": f"Level {i % 5 + 1}", "solution": f"\\boxed{{{i}}}"}
-            for i in range(20)]  # fmt: skip
+    rows = [
+        {**MATH_ROW, "problem": f"p{i}", "level": f"Level {i % 5 + 1}", "solution": f"\\boxed{{{i}}}"}
+        for i in range(20)
+    ]
     rows[2]["solution"] = "no box"  # level 3, unusable
     path = _jsonl(tmp_path / "math.jsonl", rows)
     sets = load_prompt_sets(
-        task=None, path=path, split="train", prompt_column="prompt", template="r1", num_train=100, num_eval=2,
-        seed=0, adapter="math", filters={"level": ["Level 3", "Level 4", "Level 5"]},
-    )  # fmt: skip
+        task=None,
+        path=path,
+        split="train",
+        prompt_column="prompt",
+        template="r1",
+        num_train=100,
+        num_eval=2,
+        seed=0,
+        adapter="math",
+        filters={"level": ["Level 3", "Level 4", "Level 5"]},
+    )
     kept = sets.eval + sets.train
     # levels 3-5 are i % 5 in {2, 3, 4}: 12 of 20 rows, minus the one without a box
     assert len(kept) == 12 - 1 and len(sets.eval) == 2
@@ -117,8 +127,17 @@ def test_load_gsm8k_stops_at_num_train_and_is_seeded(tmp_path):
 def test_filter_on_a_missing_column_fails(tmp_path):
     path = _jsonl(tmp_path / "x.jsonl", [{"prompt": "a", "answer": "1"}] * 3)
     with pytest.raises(ValueError, match=r"data\.filter: \['level'\] not column"):
-        load_prompt_sets(task=None, path=path, split="train", prompt_column="prompt", template="qa", num_train=2,
-                         num_eval=1, seed=0, filters={"level": ["Level 3"]})  # fmt: skip
+        load_prompt_sets(
+            task=None,
+            path=path,
+            split="train",
+            prompt_column="prompt",
+            template="qa",
+            num_train=2,
+            num_eval=1,
+            seed=0,
+            filters={"level": ["Level 3"]},
+        )
 
 
 def test_local_parquet_and_saved_dataset_directory(tmp_path):
@@ -128,8 +147,17 @@ def test_local_parquet_and_saved_dataset_directory(tmp_path):
     ds.to_parquet(str(tmp_path / "g.parquet"))
     datasets.DatasetDict({"test": ds}).save_to_disk(str(tmp_path / "saved"))
     for path, split in ((tmp_path / "g.parquet", "train"), (tmp_path / "saved", "test")):
-        sets = load_prompt_sets(task=None, path=str(path), split=split, prompt_column="prompt", template="qa",
-                                num_train=10, num_eval=1, seed=0, adapter="gsm8k")  # fmt: skip
+        sets = load_prompt_sets(
+            task=None,
+            path=str(path),
+            split=split,
+            prompt_column="prompt",
+            template="qa",
+            num_train=10,
+            num_eval=1,
+            seed=0,
+            adapter="gsm8k",
+        )
         assert len(sets.train) == 5
 
 
@@ -159,11 +187,18 @@ def test_chat_template_with_a_real_tokenizer(tiny_random_model_dir):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["data.task=null", "data.path=x.jsonl", "data.adapter=gsm8", ], r"data\.adapter: unknown 'gsm8'; known:"),
+        (
+            [
+                "data.task=null",
+                "data.path=x.jsonl",
+                "data.adapter=gsm8",
+            ],
+            r"data\.adapter: unknown 'gsm8'; known:",
+        ),
         (["data.template=r2"], r"data\.template: unknown 'r2'; known: \['qa', 'r1', 'chat'\]"),
         (["data.adapter=math"], r"data\.adapter / data\.filter: apply to data\.path datasets"),
     ],
-)  # fmt: skip
+)
 def test_data_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_recipe(None, overrides)

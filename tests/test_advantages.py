@@ -74,8 +74,10 @@ def test_registry_names_and_errors():
     assert {"grpo", "rloo"} <= set(ADVANTAGES.names())
     with pytest.raises(KeyError, match="known: grpo, rloo"):
         ADVANTAGES.get("ppo")
-    with pytest.raises(ValueError, match="std_scale"):
+    with pytest.raises(KeyError, match="unknown std_scale 'row'; known: batch, group, none"):
         grpo_advantages(torch.tensor([1.0]), torch.tensor([0]), std_scale="row")
+    with pytest.raises(ValueError, match=r"std_scale: rloo takes only \['none'\], got 'group'"):
+        rloo_advantages(torch.tensor([1.0]), torch.tensor([0]), std_scale="group")
     with pytest.raises(ValueError, match="duplicate .*'grpo'"):
         ADVANTAGES.add("grpo", rloo_advantages)  # another definition under a taken name
     ADVANTAGES.add("grpo", grpo_advantages)  # the same definition again (a module imported twice) is no clash

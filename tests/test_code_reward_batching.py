@@ -12,13 +12,20 @@ def test_duplicates_run_once_and_keep_batch_order(monkeypatch):
 
     def fake_run_many(programs, tests, **kw):
         calls.append((programs, tests))
-        return [CodeResult(float(p == "good\n"), "fake", [Outcome("passed" if p == "good\n" else "failed")])
-                for p in programs]  # fmt: skip
+        return [
+            CodeResult(float(p == "good\n"), "fake", [Outcome("passed" if p == "good\n" else "failed")])
+            for p in programs
+        ]
 
     monkeypatch.setattr(reward, "run_many", fake_run_many)
     t1, t2 = {"stdio": [{"input": "", "output": "1"}]}, '{"stdio": []}'
-    comps = ["<answer>good</answer>", "<answer>bad</answer>", "no program", "<answer>good</answer>",
-             "<answer>good</answer>"]  # fmt: skip
+    comps = [
+        "<answer>good</answer>",
+        "<answer>bad</answer>",
+        "no program",
+        "<answer>good</answer>",
+        "<answer>good</answer>",
+    ]
     tests = [t1, t1, t1, t1, t2]
     scored = reward.code_accuracy.score(["p"] * 5, comps, tests=tests)
     assert [s.value for s in scored] == [1.0, 0.0, 0.0, 1.0, 1.0]

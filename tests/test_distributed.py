@@ -4,19 +4,23 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 
 from core.configio import ConfigError
+from core.metrics import Max, Mean, Metric, Sum
 from rl.config import AlgorithmConfig, TrainingConfig
-from rl.distributed import _reduce, local_sizes
+from rl.distributed import Dist, local_sizes
+from rl.metrics import length_metrics, reward_metrics
 
 ROOT = Path(__file__).parents[1]
 REWARD = f"{Path(__file__).with_name('rewards_for_tests.py')}:digit_share"
@@ -33,31 +37,142 @@ def test_local_sizes_split_the_global_batch():
     "algo, training, world, message",
     [
         # 24 completions / 2 processes = 12 per process: not whole groups of 8
-        (dict(num_generations=8, batch_size=24), {}, 2,
-         r"algorithm\.batch_size: 24 completions over 2 processes is 12 per process, not a multiple of "
-         r"algorithm\.num_generations=8 .* e\.g\. algorithm\.batch_size=32"),
-        (dict(num_generations=2, batch_size=12, mini_batch_size=6), {}, 4,
-         r"algorithm\.batch_size: 12 completions over 4 processes is 3 per process"),
-        (dict(num_generations=2, batch_size=16, mini_batch_size=4), {}, 8,
-         r"algorithm\.mini_batch_size: 4 does not split evenly over 8 processes"),
-        (dict(num_generations=2, batch_size=16), dict(micro_batch_size=16), 2,
-         r"training\.micro_batch_size: 16 must divide each process's share of the mini-batch \(16 / 2 processes = 8"),
-        (dict(num_generations=2, batch_size=16, dynamic_sampling=True), {}, 2,
-         r"algorithm\.dynamic_sampling: not supported with 2 processes yet"),
+        (
+            dict(num_generations=8, batch_size=24),
+            {},
+            2,
+            r"algorithm\.batch_size: 24 completions over 2 processes is 12 per process, not a multiple of "
+            r"algorithm\.num_generations=8 .* e\.g\. algorithm\.batch_size=32",
+        ),
+        (
+            dict(num_generations=2, batch_size=12, mini_batch_size=6),
+            {},
+            4,
+            r"algorithm\.batch_size: 12 completions over 4 processes is 3 per process",
+        ),
+        (
+            dict(num_generations=2, batch_size=16, mini_batch_size=4),
+            {},
+            8,
+            r"algorithm\.mini_batch_size: 4 does not split evenly over 8 processes",
+        ),
+        (
+            dict(num_generations=2, batch_size=16),
+            dict(micro_batch_size=16),
+            2,
+            r"training\.micro_batch_size: 16 must divide each process's share of the mini-batch "
+            r"\(16 / 2 processes = 8",
+        ),
+        (
+            dict(num_generations=2, batch_size=16, dynamic_sampling=True),
+            {},
+            2,
+            r"algorithm\.dynamic_sampling: not supported with 2 processes yet",
+        ),
     ],
-)  # fmt: skip
+)
 def test_local_sizes_errors_name_the_key_and_the_fix(algo, training, world, message):
     with pytest.raises(ConfigError, match=message):
         local_sizes(AlgorithmConfig(**algo), TrainingConfig(**training), world)
 
 
-def test_metric_reduction_rules():
-    v_N = torch.tensor([1.0, 3.0], dtype=torch.float64)
-    assert _reduce("reward", v_N) == (1.0 + 3.0) / 2
-    assert _reduce("reward/math_accuracy/errors", v_N) == 1.0 + 3.0
-    assert _reduce("tokens_per_s", v_N) == 1.0 + 3.0  # every process adds its own throughput
-    assert _reduce("completion_len_max", v_N) == 3.0
-    assert _reduce("time/step", v_N) == 3.0  # the step takes as long as its slowest process
+class _Exchange:
+    """What ``accelerator.gather`` does across N processes, for N threads of one test process."""
+
+    def __init__(self, n: int) -> None:
+        self.barrier, self.slots = threading.Barrier(n), [None] * n
+
+    def gather(self, rank: int, t: torch.Tensor) -> torch.Tensor:
+        self.slots[rank] = t
+        self.barrier.wait()
+        out = torch.cat(self.slots)
+        self.barrier.wait()  # nobody overwrites a slot before every process has read them all
+        return out
+
+
+class _FakeAccelerator:
+    def __init__(self, exchange: _Exchange, rank: int, n: int) -> None:
+        self.exchange, self.process_index, self.num_processes = exchange, rank, n
+        self.is_main_process, self.device = rank == 0, torch.device("cpu")
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        return self.exchange.gather(self.process_index, t)
+
+
+def _reduce_on_processes(*per_process: dict) -> list[dict]:
+    """``Dist.reduce_metrics`` run by len(per_process) processes at once, each on its own metrics."""
+    n, exchange, out = len(per_process), _Exchange(len(per_process)), [None] * len(per_process)
+
+    def run(rank: int) -> None:
+        out[rank] = Dist(_FakeAccelerator(exchange, rank, n)).reduce_metrics(per_process[rank])
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return out
+
+
+def test_metrics_reduce_over_processes_as_declared():
+    p0 = {
+        "reward": 1.0,
+        "reward/acc/errors": Sum(1),
+        "tokens_per_s": Sum(10.0),
+        "completion_len_max": Max(7),
+        "time/step": Max(2.5),
+        "kl": Mean(0.25),
+    }
+    p1 = {
+        "reward": 3.0,
+        "reward/acc/errors": Sum(3),
+        "tokens_per_s": Sum(30.0),
+        "completion_len_max": Max(5),
+        "time/step": Max(4.0),
+        "kl": Mean(0.75),
+    }
+    r0, r1 = _reduce_on_processes(p0, p1)
+    assert (
+        r0
+        == r1
+        == {
+            "reward": (1.0 + 3.0) / 2,  # a plain number: the mean (processes hold equal numbers of rows)
+            "reward/acc/errors": 1 + 3,  # a count: every process adds its own
+            "tokens_per_s": 10.0 + 30.0,  # throughput adds up too
+            "completion_len_max": max(7, 5),
+            "time/step": max(2.5, 4.0),  # the step takes as long as its slowest process
+            "kl": (0.25 + 0.75) / 2,
+        }
+    )
+    assert all(type(v) is float for v in r0.values())  # plain numbers for the log and the trackers
+
+
+def test_nothing_is_inferred_from_a_metric_name():
+    # Today's suffix rules would have summed these and taken the max of the others: declared mean, they average.
+    p0 = {"reward/acc/errors": 1.0, "tokens_per_s": Mean(10.0), "time/step": 2.0, "completion_len_max": 7}
+    p1 = {"reward/acc/errors": 3.0, "tokens_per_s": Mean(30.0), "time/step": 4.0, "completion_len_max": 5}
+    r0, _ = _reduce_on_processes(p0, p1)
+    assert r0 == {
+        "reward/acc/errors": (1.0 + 3.0) / 2,
+        "tokens_per_s": (10.0 + 30.0) / 2,
+        "time/step": (2.0 + 4.0) / 2,
+        "completion_len_max": (7 + 5) / 2,
+    }
+
+
+def test_one_process_unwraps_declarations_and_keeps_lists():
+    dist = Dist(_FakeAccelerator(_Exchange(1), 0, 1))
+    out = dist.reduce_metrics({"reward/acc/errors": Sum(2), "time/step": Max(1.5), "moe/expert_load": [[0.5, 0.5]]})
+    assert out == {"reward/acc/errors": 2, "time/step": 1.5, "moe/expert_load": [[0.5, 0.5]]}
+    assert type(out["reward/acc/errors"]) is int
+
+
+def test_step_metrics_declare_their_reductions(fake_step):
+    batch, scores, _ = fake_step(1)
+    reward_B = torch.tensor([math.nan if v is None else v for v in scores.total])
+    m = {**reward_metrics(scores, reward_B, torch.tensor(batch.group_ids)), **length_metrics(batch)}
+    declared = {k: v.reduce for k, v in m.items() if isinstance(v, Metric)}
+    assert declared == {"reward/acc/errors": "sum", "reward/fmt/errors": "sum", "completion_len_max": "max"}
 
 
 def _free_port() -> int:
@@ -69,15 +184,30 @@ def _free_port() -> int:
 def _train_args(model_dir: str, out: Path, steps: int) -> list[str]:
     sets = [
         f"model.name_or_path={model_dir}",
-        "data.task=arith", "data.num_train=64", "data.num_eval=4",
-        "rollout.max_new_tokens=12", "rollout.seeded_groups=true",  # completions independent of the world size
-        "algorithm.num_generations=4", "algorithm.batch_size=16",  # 4 groups: 2 per process
+        "data.task=arith",
+        "data.num_train=64",
+        "data.num_eval=4",
+        "rollout.max_new_tokens=12",
+        "rollout.seeded_groups=true",  # completions independent of the world size
+        "algorithm.num_generations=4",
+        "algorithm.batch_size=16",  # 4 groups: 2 per process
         f"rewards.rules=[{{name: '{REWARD}'}}]",
-        f"training.max_steps={steps}", "training.lr=0.01", "training.torch_threads=1", "training.device=cpu",
-        "logging.progress=false", "logging.save_every=2",
-    ]  # fmt: skip
-    return ["-m", "rl.cli", "train", str(ROOT / "recipes" / "r1_zero_tiny.yaml"), "--output-dir", str(out),
-            *[x for s in sets for x in ("--set", s)]]  # fmt: skip
+        f"training.max_steps={steps}",
+        "training.lr=0.01",
+        "training.torch_threads=1",
+        "training.device=cpu",
+        "logging.progress=false",
+        "logging.save_every=2",
+    ]
+    return [
+        "-m",
+        "rl.cli",
+        "train",
+        str(ROOT / "recipes" / "r1_zero_tiny.yaml"),
+        "--output-dir",
+        str(out),
+        *[x for s in sets for x in ("--set", s)],
+    ]
 
 
 def _launch(args: list[str], dump: Path, processes: int) -> None:
@@ -88,9 +218,18 @@ def _launch(args: list[str], dump: Path, processes: int) -> None:
         # `--multi_gpu` is accelerate's torchrun launcher; with training.device=cpu the processes form a gloo
         # group. (`--cpu --num_processes 2` goes through the plain launcher, which starts one process unless
         # mpirun is configured.)
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", f"--num_processes={processes}",
-               "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no",
-               f"--main_process_port={_free_port()}", *args]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            f"--num_processes={processes}",
+            "--num_machines=1",
+            "--mixed_precision=no",
+            "--dynamo_backend=no",
+            f"--main_process_port={_free_port()}",
+            *args,
+        ]
     subprocess.run(cmd, check=True, cwd=ROOT, env=env, timeout=300)
 
 
@@ -163,8 +302,13 @@ def test_deepspeed_refuses_micro_batch_accumulation():
 
     from rl.distributed import Dist
 
-    fake = SimpleNamespace(process_index=0, num_processes=2, is_main_process=True, device=torch.device("cpu"),
-                           distributed_type=DistributedType.DEEPSPEED)  # fmt: skip
+    fake = SimpleNamespace(
+        process_index=0,
+        num_processes=2,
+        is_main_process=True,
+        device=torch.device("cpu"),
+        distributed_type=DistributedType.DEEPSPEED,
+    )
     a = AlgorithmConfig(num_generations=4, batch_size=16)
     with pytest.raises(ConfigError, match=r"training\.micro_batch_size: DeepSpeed .*training\.micro_batch_size=8 "):
         Dist(fake).local_sizes(a, TrainingConfig(micro_batch_size=2))

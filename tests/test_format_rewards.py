@@ -202,5 +202,5 @@ def test_tiny_recipe_rewards_through_the_scorer():
     scorer = RewardScorer(bind_rewards(specs, ["answer"]))
     done = ["<think>3+5=8</think><answer>8</answer>", "<think>3+5=8</think>8", "<answer>9</answer>"]
     scores = scorer.score(["q"] * 3, done, {"answer": ["8"] * 3})
-    assert scores.values["r1_format_strict"] == [1.0, 0.0, 0.0]
+    assert scores["r1_format_strict"].values == (1.0, 0.0, 0.0)
     assert scores.total == pytest.approx([1.0 + 0.2, 1.0, 0.0])

@@ -9,7 +9,7 @@ import pytest
 
 from rl.cli import main
 from rl.config import load_recipe
-from rl.plots import DOWN, FLAT, UP, _load_matrix, _trend, reward_figure, write_plots
+from rl.reporting.plots import DOWN, FLAT, UP, _load_matrix, _trend, reward_figure, write_plots
 from rollouts.store import stored_steps
 from rollouts.view import describe, select
 
@@ -27,8 +27,18 @@ def test_rollouts_prints_the_latest_step_with_reward_breakdown(fake_run_dir, cap
 
 
 def test_rollouts_sort_filter_limit(fake_run_dir, capsys):
-    argv = ["rollouts", str(fake_run_dir), "--step", "2", "--sort", "length", "--limit", "3",
-            "--filter", "`reward/acc` == 1 and group_id == 201"]  # fmt: skip
+    argv = [
+        "rollouts",
+        str(fake_run_dir),
+        "--step",
+        "2",
+        "--sort",
+        "length",
+        "--limit",
+        "3",
+        "--filter",
+        "`reward/acc` == 1 and group_id == 201",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "showing 2 of 8, sorted by length (descending), filter" in out
@@ -61,8 +71,14 @@ def test_groups_dropped_by_dynamic_sampling_are_marked(fake_step, capsys):
 
 
 def test_select_semantics():
-    df = pd.DataFrame({"reward": [0.0, 1.0, None, 0.5], "advantage": [-1.0, 1.0, 0.0, 0.2],
-                       "num_tokens": [3, 9, 5, 4], "reward/a": [0.0, 1.0, None, 0.5]})  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "reward": [0.0, 1.0, None, 0.5],
+            "advantage": [-1.0, 1.0, 0.0, 0.2],
+            "num_tokens": [3, 9, 5, 4],
+            "reward/a": [0.0, 1.0, None, 0.5],
+        }
+    )
     assert select(df, sort="reward")["reward"].tolist()[:3] == [1.0, 0.5, 0.0]  # NaN last
     assert select(df, sort="advantage", ascending=True, limit=2).index.tolist() == [0, 2]
     assert select(df, filter_expr="`reward/a` >= 0.5").index.tolist() == [1, 3]
@@ -106,7 +122,7 @@ def test_trend_says_whether_it_went_the_good_way():
 
 
 def test_reward_figure_titles_show_the_change(fake_run_dir):
-    from rl.plots import load_metrics
+    from rl.reporting.plots import load_metrics
 
     fig = reward_figure(load_metrics(fake_run_dir), {"base_accuracy": 0.1, "final_accuracy": 0.7, "steps": 3})
     titles = [ax.get_title() for ax in fig.axes]
@@ -118,7 +134,7 @@ def test_reward_figure_titles_show_the_change(fake_run_dir):
 
 
 def test_expert_load_heatmap_first_and_last_step_with_layer_indices(fake_run_dir):
-    from rl.plots import expert_load_figure, load_metrics
+    from rl.reporting.plots import expert_load_figure, load_metrics
 
     fig = expert_load_figure(load_metrics(fake_run_dir))
     first, last = fig.axes[:2]

@@ -138,7 +138,7 @@ def test_aggregate_and_masked_mean_edges():
     assert aggregate(x, m, "seq_mean_token_mean").item() == pytest.approx((1.0 + 0.0) / 2)
     assert aggregate(x, m, "token_mean").item() == pytest.approx(1.0)
     assert masked_mean(x, torch.zeros_like(x)).item() == 0.0
-    with pytest.raises(ValueError, match="aggregation"):
+    with pytest.raises(KeyError, match="unknown aggregation 'sum'; known: seq_mean_token_mean, "):
         aggregate(x, m, "sum")
 
 

@@ -1,9 +1,9 @@
 """Routing replay and router telemetry on tiny models of every supported family.
 
-Pattern: record routing in a no-grad forward, perturb the router weights (what an optimizer update does), then run
-the training forward with and without replay. Without replay experts flip; with replay the experts each layer's
-``experts`` module receives are exactly the recorded ones, and the gate weights are the family's normalisation of
-the *live* logits at those experts.
+Pattern: record routing in a no-grad forward (``rl.moe.capture`` hands the routing back as data), perturb the
+router weights (what an optimizer update does), then run the training forward with and without replay. Without
+replay experts flip; with replay the experts each layer's ``experts`` module receives are exactly the recorded
+ones, and the gate weights are the family's normalisation of the *live* logits at those experts.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from rl.config import MoEConfig
+from rl.moe.capture import TokenMap, capture_routing
 from rl.moe.control import RouterControl, attach_router_control
 from rl.moe.routers import ROUTER_FAMILIES, find_routers, softmax_topk_weights
-from rl.tiny import build_char_tokenizer, tiny_model
+from rl.zoo.models import build_char_tokenizer, tiny_model
 
 FAMILIES = ["deepseek_v3", "qwen3_moe", "olmoe", "mixtral", "qwen2_moe"]
 TOK = build_char_tokenizer()
@@ -33,10 +34,19 @@ def _batch():
     return ids, attn, pos
 
 
-def _forward(model, ctl, phase, rows, batch):
+def _forward(model, ctl, phase, rows, batch, backward=None):
+    """One padded forward over ``rows`` as the trainer runs it: replayed experts handed in for "train", the
+    routing data handed to the control afterwards. ``backward(logits)`` runs inside (gradient checkpointing
+    re-runs routers there)."""
     ids, attn, pos = batch
-    ctl.begin_forward(phase, torch.tensor(rows))
-    return model(input_ids=ids[rows], attention_mask=attn[rows], position_ids=pos[rows], use_cache=False).logits
+    rows_t = torch.tensor(rows)
+    replay = ctl.replay_for(rows_t) if phase == "train" else None
+    with capture_routing(ctl.sites, TokenMap.padded(attn[rows]), replay_BLK=replay) as routing:
+        logits = model(input_ids=ids[rows], attention_mask=attn[rows], position_ids=pos[rows], use_cache=False).logits
+        if backward is not None:
+            backward(logits)
+    (ctl.record if phase == "record" else ctl.observe)(rows_t, routing)
+    return logits
 
 
 def _record(model, ctl, batch):
@@ -95,13 +105,10 @@ def test_replay_without_changes_is_the_identity(family_model):
     _, model = family_model
     batch = _batch()
     ctl = RouterControl(find_routers(model), replay=True)
-    try:
-        rec = _record(model, ctl, batch)
-        with torch.no_grad():
-            rep = _forward(model, ctl, "train", [2, 0, 1], batch)
-        m = ctl.end_step()
-    finally:
-        ctl.remove()
+    rec = _record(model, ctl, batch)
+    with torch.no_grad():
+        rep = _forward(model, ctl, "train", [2, 0, 1], batch)
+    m = ctl.end_step()
     real = batch[1][[2, 0, 1]].bool()
     torch.testing.assert_close(rep[real], rec[[2, 0, 1]][real], rtol=1e-5, atol=1e-5)
     assert m["moe/flip_rate"] == 0.0 and m["moe/replay_override_rate"] == 0.0
@@ -123,7 +130,6 @@ def test_replay_forces_recorded_experts_after_router_update(family_model, replay
         _forward(model, ctl, "train", rows, batch)
         m = ctl.end_step()
     finally:
-        ctl.remove()
         for h in handles:
             h.remove()
     if not replay:
@@ -144,15 +150,14 @@ def test_replay_weights_come_from_live_logits():
     site = find_routers(model)[0]
     h = torch.randn(6, model.config.hidden_size)
     ctl = RouterControl([site], replay=True)
-    try:
-        ctl.begin_step(torch.ones(1, 6, dtype=torch.long))
-        ctl.begin_forward("record", torch.tensor([0]))
+    tokens, rows = TokenMap.padded(torch.ones(1, 6, dtype=torch.long)), torch.tensor([0])
+    ctl.begin_step(torch.ones(1, 6, dtype=torch.long))
+    with capture_routing([site], tokens) as routing:
         _, _, rec_idx = site.module(h)
-        _perturb_routers(model, scale=2.0)
-        ctl.begin_forward("train", torch.tensor([0]))
+    ctl.record(rows, routing)
+    _perturb_routers(model, scale=2.0)
+    with capture_routing([site], tokens, replay_BLK=ctl.replay_for(rows)):
         live_logits, w, idx = site.module(h)
-    finally:
-        ctl.remove()
     assert torch.equal(idx, rec_idx)
     norm = model.config.norm_topk_prob
     expected = softmax_topk_weights(live_logits, rec_idx, norm_topk_prob=norm).to(w.dtype)
@@ -165,13 +170,9 @@ def test_router_still_learns_under_replay(name):
     model = tiny_model(name, TOK, seed=0).train()
     batch = _batch()
     ctl = RouterControl(find_routers(model), replay=True)
-    try:
-        _record(model, ctl, batch)
-        logits = _forward(model, ctl, "train", [0, 1, 2], batch)
-        logits.float().logsumexp(-1).mean().backward()
-    finally:
-        ctl.end_step()
-        ctl.remove()
+    _record(model, ctl, batch)
+    _forward(model, ctl, "train", [0, 1, 2], batch, backward=lambda lg: lg.float().logsumexp(-1).mean().backward())
+    ctl.end_step()
     for s in find_routers(model):
         assert s.module.weight.grad is not None and s.module.weight.grad.abs().sum() > 0
 
@@ -193,12 +194,11 @@ def test_replay_through_peft_lora_and_gradient_checkpointing():
         _perturb_routers(model)
         model.train()
         calls.clear()
-        logits = _forward(model, ctl, "train", [2, 1], batch)
-        logits.float().logsumexp(-1).mean().backward()  # re-runs each layer's forward: replayed again, counted once
+        # backward re-runs each layer's forward inside the capture: replayed again, counted once
+        _forward(model, ctl, "train", [2, 1], batch, backward=lambda lg: lg.float().logsumexp(-1).mean().backward())
         compared = ctl._compared
         m = ctl.end_step()
     finally:
-        ctl.remove()
         for h in spies:
             h.remove()
     assert len(calls) == 2 * len(sites), "gradient checkpointing should have re-run every router"
@@ -212,13 +212,10 @@ def test_telemetry_loads_and_no_flips_on_identical_weights():
     model = tiny_model("olmoe", TOK, seed=0).eval()
     batch = _batch()
     ctl = RouterControl(find_routers(model), replay=False)
-    try:
-        _record(model, ctl, batch)
-        with torch.no_grad():
-            _forward(model, ctl, "train", [0, 1, 2], batch)
-        m = ctl.end_step()
-    finally:
-        ctl.remove()
+    _record(model, ctl, batch)
+    with torch.no_grad():
+        _forward(model, ctl, "train", [0, 1, 2], batch)
+    m = ctl.end_step()
     assert m["moe/flip_rate"] == 0.0
     load = torch.tensor(m["moe/expert_load"])
     assert load.shape == (4, 8) and torch.allclose(load.sum(-1), torch.ones(4, dtype=load.dtype))
@@ -227,8 +224,9 @@ def test_telemetry_loads_and_no_flips_on_identical_weights():
     assert m["moe/expert_load_layers"] == [0, 1, 2, 3]
 
 
-def test_hooks_are_inert_outside_a_step():
-    """Generation, evaluation and the reference forward see the model's own routing."""
+def test_no_hook_outside_a_forward():
+    """Generation, evaluation and the reference forward see the model's own routing: the capture's hooks exist
+    only inside the training forward."""
     model = tiny_model("mixtral", TOK, seed=0).eval()
     batch = _batch()
     with torch.no_grad():
@@ -237,12 +235,10 @@ def test_hooks_are_inert_outside_a_step():
     _record(model, ctl, batch)
     _perturb_routers(model)
     ctl.end_step()
+    assert all(not s.module._forward_hooks for s in ctl.sites)
     with torch.no_grad():
-        after_ctl = model(input_ids=batch[0], attention_mask=batch[1]).logits
-        ctl.remove()
-        plain = model(input_ids=batch[0], attention_mask=batch[1]).logits
-    torch.testing.assert_close(after_ctl, plain)
-    assert not torch.allclose(before, plain)
+        after = model(input_ids=batch[0], attention_mask=batch[1]).logits
+    assert not torch.allclose(before, after)  # the perturbed routers' own choice, not the recorded experts
 
 
 def test_unsupported_router_class_is_named():
@@ -273,8 +269,7 @@ def test_unsupported_router_class_is_named():
 
 def test_freeze_router():
     model = tiny_model("deepseek_v3", TOK, seed=0)
-    ctl = attach_router_control(model, MoEConfig(freeze_router=True, telemetry=False))
-    ctl.remove()
+    attach_router_control(model, MoEConfig(freeze_router=True, telemetry=False))
     assert all(not p.requires_grad for s in find_routers(model) for p in s.module.parameters())
     assert any(p.requires_grad for p in model.parameters())
 
@@ -289,15 +284,22 @@ def _trainer_cfg(model_dir: str, *extra: str):
     return load_recipe(
         None,
         [
-            f"model.name_or_path={model_dir}", "model.finetune=full",
-            "data.task=arith", "data.num_train=64", "data.num_eval=0",
+            f"model.name_or_path={model_dir}",
+            "model.finetune=full",
+            "data.task=arith",
+            "data.num_train=64",
+            "data.num_eval=0",
             "rollout.max_new_tokens=10",
-            "algorithm.num_generations=4", "algorithm.batch_size=8",
+            "algorithm.num_generations=4",
+            "algorithm.batch_size=8",
             f"rewards.rules=[{{name: '{reward}'}}]",
-            "training.max_steps=1", "training.lr=0.02", "training.torch_threads=2", "logging.progress=false",
+            "training.max_steps=1",
+            "training.lr=0.02",
+            "training.torch_threads=2",
+            "logging.progress=false",
             *extra,
         ],
-    )  # fmt: skip
+    )
 
 
 def test_trainer_replay_on_policy_ratio_is_one(tiny_random_model_dir, tmp_path):
@@ -317,9 +319,12 @@ def test_trainer_off_policy_flip_rate(tiny_random_model_dir, tmp_path, replay):
     from rl.trainer import GRPOTrainer
 
     cfg = _trainer_cfg(
-        tiny_random_model_dir("deepseek_v3"), "algorithm.num_iterations=2", "algorithm.mini_batch_size=4",
-        f"moe.routing_replay={str(replay).lower()}", "moe.router_aux_loss_coef=0.01",
-    )  # fmt: skip
+        tiny_random_model_dir("deepseek_v3"),
+        "algorithm.num_iterations=2",
+        "algorithm.mini_batch_size=4",
+        f"moe.routing_replay={str(replay).lower()}",
+        "moe.router_aux_loss_coef=0.01",
+    )
     m = GRPOTrainer(cfg, tmp_path).train_step()
     assert math.isfinite(m["loss"]) and m["moe/aux_loss"] > 0
     assert len(m["moe/expert_load"]) == 3 and m["moe/expert_load_layers"] == [1, 2, 3]  # layer 0 is dense

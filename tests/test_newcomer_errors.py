@@ -45,8 +45,15 @@ def _train(tmp_path: Path, capsys, *sets: str, recipe: str | None = None, extra:
 
 def _tiny_random(model_dir: str) -> tuple[str, ...]:
     """Overrides for a fast run on a random tiny model (no pre-training), evaluated on 4 prompts."""
-    return (f"model.name_or_path={model_dir}", "data.num_eval=4", "data.num_train=16", "rollout.max_new_tokens=6",
-            "algorithm.num_generations=2", "algorithm.batch_size=4", "training.max_steps=1")  # fmt: skip
+    return (
+        f"model.name_or_path={model_dir}",
+        "data.num_eval=4",
+        "data.num_train=16",
+        "rollout.max_new_tokens=6",
+        "algorithm.num_generations=2",
+        "algorithm.batch_size=4",
+        "training.max_steps=1",
+    )
 
 
 def _jsonl(path: Path, rows: list[dict]) -> Path:
@@ -62,8 +69,13 @@ def test_unknown_reward_name_says_did_you_mean(tmp_path, capsys):
 
 def test_dataset_missing_a_reward_column(tmp_path, capsys):
     data = _jsonl(tmp_path / "rows.jsonl", [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(40)])
-    err = _train(tmp_path, capsys, f"data.path={data}", "data.num_eval=4",
-                 f"rewards.rules=[{{name: '{TESTS / 'rewards_for_tests.py'}:needs_missing_column'}}]")  # fmt: skip
+    err = _train(
+        tmp_path,
+        capsys,
+        f"data.path={data}",
+        "data.num_eval=4",
+        f"rewards.rules=[{{name: '{TESTS / 'rewards_for_tests.py'}:needs_missing_column'}}]",
+    )
     assert "solution_text" in err and "rewards.rules" in err and "columns" in err
 
 
@@ -114,15 +126,24 @@ def test_bad_tiny_ref(tmp_path, capsys):
 
 def test_reward_returning_none(tmp_path, capsys, tiny_random_model_dir):
     model = tiny_random_model_dir("qwen3_moe")
-    err = _train(tmp_path, capsys, *_tiny_random(model),
-                 f"rewards.rules=[{{name: '{TESTS / 'rewards_for_errors.py'}:returns_none'}}]")  # fmt: skip
+    err = _train(
+        tmp_path,
+        capsys,
+        *_tiny_random(model),
+        f"rewards.rules=[{{name: '{TESTS / 'rewards_for_errors.py'}:returns_none'}}]",
+    )
     assert "returned None" in err and "list" in err and "raised TypeError" not in err
 
 
 def test_too_many_failing_samples_names_the_real_key(tmp_path, capsys, tiny_random_model_dir):
     model = tiny_random_model_dir("qwen3_moe")
-    err = _train(tmp_path, capsys, *_tiny_random(model), "rewards.max_error_fraction=0.0",
-                 f"rewards.rules=[{{name: '{TESTS / 'rewards_for_errors.py'}:always_raises'}}]")  # fmt: skip
+    err = _train(
+        tmp_path,
+        capsys,
+        *_tiny_random(model),
+        "rewards.max_error_fraction=0.0",
+        f"rewards.rules=[{{name: '{TESTS / 'rewards_for_errors.py'}:always_raises'}}]",
+    )
     assert "rewards.max_error_fraction" in err and "rewards_max_error_fraction" not in err
 
 
@@ -178,8 +199,16 @@ def test_a_small_file_dataset_gets_the_num_eval_to_use(tmp_path):
 
     data = _jsonl(tmp_path / "rows.jsonl", [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(10)])
     with pytest.raises(DataError, match=r"has 10 usable rows; pass --set data\.num_eval=2"):
-        load_prompt_sets(task=None, path=str(data), split="train", prompt_column="prompt", template="qa",
-                         num_train=100, num_eval=256, seed=0)  # fmt: skip
+        load_prompt_sets(
+            task=None,
+            path=str(data),
+            split="train",
+            prompt_column="prompt",
+            template="qa",
+            num_train=100,
+            num_eval=256,
+            seed=0,
+        )
 
 
 def test_file_dataset_num_eval_and_seed_do_not_rebuild_the_tiny_base(monkeypatch):
@@ -199,7 +228,7 @@ def test_file_dataset_num_eval_and_seed_do_not_rebuild_the_tiny_base(monkeypatch
 # ------------------------------------------------------------------------------------------ run files, resume
 def test_run_files_are_readable_by_others_under_umask_022(tmp_path, fake_run_dir, fake_step):
     from core.files import atomic_write_text
-    from rl.plots import write_plots
+    from rl.reporting.plots import write_plots
     from rollouts.store import RolloutStore
 
     old = os.umask(0o022)
@@ -221,9 +250,17 @@ def test_run_files_are_readable_by_others_under_umask_022(tmp_path, fake_run_dir
 def test_resume_before_the_first_checkpoint_leaves_one_row_per_step(tmp_path, tiny_random_model_dir):
     from rl.trainer import GRPOTrainer
 
-    cfg = load_recipe(None, [*_tiny_random(tiny_random_model_dir("qwen3_moe")), "training.max_steps=2",
-                             "logging.save_every=0", "logging.progress=false", "logging.plots=false",
-                             f"rewards.rules=[{{name: '{TESTS / 'rewards_for_tests.py'}:digit_share'}}]"])  # fmt: skip
+    cfg = load_recipe(
+        None,
+        [
+            *_tiny_random(tiny_random_model_dir("qwen3_moe")),
+            "training.max_steps=2",
+            "logging.save_every=0",
+            "logging.progress=false",
+            "logging.plots=false",
+            f"rewards.rules=[{{name: '{TESTS / 'rewards_for_tests.py'}:digit_share'}}]",
+        ],
+    )
     run = tmp_path / "run"
     run.mkdir()
     # what a run killed during step 3, before its first checkpoint, leaves behind

@@ -29,7 +29,8 @@ def test_lora_on_a_moe_and_sampling_raise_no_known_harmless_warnings(tiny_random
 
 def test_pretraining_progress_redraws_rarely_in_a_log_file(monkeypatch):
     from rl.config import PretrainConfig
-    from rl.tiny import build_char_tokenizer, pretrain, tiny_model
+    from rl.zoo.models import build_char_tokenizer, tiny_model
+    from rl.zoo.pretraining import pretrain
 
     log = io.StringIO()  # not a terminal: what `r1kit train > log` sees
     monkeypatch.setattr("sys.stderr", log)
@@ -40,7 +41,7 @@ def test_pretraining_progress_redraws_rarely_in_a_log_file(monkeypatch):
 
 
 def test_long_lines_are_not_cut_or_wrapped_in_a_log_file(capsys):
-    from rl.progress import console
+    from rl.reporting.progress import console
 
     if console.is_terminal:
         pytest.skip("stderr is a terminal here")

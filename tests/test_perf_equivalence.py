@@ -6,7 +6,10 @@
 - ``shared_prompt_logprobs`` (each prompt run once) vs the padded forward: equal log-probabilities and gradients.
 - ``packed_logprobs`` (real tokens only, one row) vs the padded forward: the same, for every tiny family, with
   uneven completion lengths and LoRA adapters (activation checkpointing falls back to the padded forward).
-- a whole trainer step with the fast paths vs one with the reference paths: the same metrics and parameters.
+- the packed forward's router outputs, mapped back to (row, position), vs the padded forward's; experts handed in
+  to the packed forward (routing replay) are the ones its layers use.
+- a whole trainer step on defaults (router telemetry on) with the fast paths vs one with the reference paths: the
+  same metrics and gradients.
 
 Random-weight models: their next-token distributions are nearly flat, so any divergence in the random stream or
 the logits shows up as different tokens within a few steps.
@@ -22,7 +25,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rl.config import load_recipe
-from rl.logprobs import can_pack, completion_logprobs, pack, shared_prompt_logprobs
+from rl.forward import PolicyForward
+from rl.logprobs import can_pack, pack, padded_logprobs, shared_prompt_logprobs
 from rl.trainer import GRPOTrainer
 from rollouts.backends import TransformersBackend
 from rollouts.records import Completion, Prompt, to_tensors
@@ -45,8 +49,15 @@ def _generate_reference(model, tok, prompt_ids, repeats, eos_ids, max_new_tokens
     attn = torch.tensor([[0] * (P - len(r)) + [1] * len(r) for r in rows])
     if not greedy:  # explicit, as the backend passes them: a checkpoint's generation config may default top_k=50
         sampling = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, **sampling}
-    out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens, do_sample=not greedy,
-                         pad_token_id=tok.pad_token_id, eos_token_id=eos_ids, **sampling)  # fmt: skip
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=attn,
+        max_new_tokens=max_new_tokens,
+        do_sample=not greedy,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=eos_ids,
+        **sampling,
+    )
     tokens = []
     for gen in out[:, P:].tolist():
         cut = next((i for i, t in enumerate(gen) if t in eos_ids), None)
@@ -70,8 +81,16 @@ def test_sampler_gives_the_tokens_of_generate(tiny_random_model_dir, family, sam
     torch.manual_seed(7)
     ref = _generate_reference(model, tok, prompt_ids, repeats, eos_ids, 12, greedy, **sampling)
     torch.manual_seed(7)
-    fast = sample(model, prompt_ids, repeats, max_new_tokens=12, eos_ids=eos_ids, pad_id=tok.pad_token_id,
-                  greedy=greedy, **sampling)  # fmt: skip
+    fast = sample(
+        model,
+        prompt_ids,
+        repeats,
+        max_new_tokens=12,
+        eos_ids=eos_ids,
+        pad_id=tok.pad_token_id,
+        greedy=greedy,
+        **sampling,
+    )
     assert fast.tokens == ref
     lengths = {len(t) for t in ref}
     assert len(lengths) > 1 or greedy, "rows must finish at different steps for the test to bite"
@@ -120,7 +139,7 @@ def test_sampler_logprobs_equal_the_training_forward(tiny_random_model_dir, fami
     batch = backend.generate([Prompt(str(i), p) for i, p in enumerate(PROMPTS)], [0, 1, 2], num_generations=3)
     seq = to_tensors(batch.completions, tok.pad_token_id)
     with torch.no_grad():
-        ref_BT = completion_logprobs(model, seq, temperature=0.8, share_prompts=False)[0]
+        ref_BT = padded_logprobs(model, seq, temperature=0.8)[0]
     for i, c in enumerate(batch.completions):
         assert len(c.logprobs) == c.num_tokens
         torch.testing.assert_close(torch.tensor(c.logprobs), ref_BT[i, : c.num_tokens], atol=1e-5, rtol=0)
@@ -129,8 +148,9 @@ def test_sampler_logprobs_equal_the_training_forward(tiny_random_model_dir, fami
 def _rollout_tensors(model, tok, num_generations=4, shuffle=True):
     backend = TransformersBackend(model, tok, max_new_tokens=10)
     torch.manual_seed(1)
-    batch = backend.generate([Prompt(str(i), p) for i, p in enumerate(PROMPTS)], [0, 1, 2],
-                             num_generations=num_generations)  # fmt: skip
+    batch = backend.generate(
+        [Prompt(str(i), p) for i, p in enumerate(PROMPTS)], [0, 1, 2], num_generations=num_generations
+    )
     seq = to_tensors(batch.completions, tok.pad_token_id)
     # The trainer feeds shuffled mini-batches: rows of a group are not adjacent.
     return seq.select(torch.randperm(len(batch), generator=torch.Generator().manual_seed(0))) if shuffle else seq
@@ -145,7 +165,7 @@ def test_shared_prompt_forward_equals_the_padded_forward(tiny_random_model_dir, 
     grads = []
     for share in (False, True):
         model.zero_grad()
-        logp_BT = completion_logprobs(model, seq, share_prompts=share, pack=False)[0]
+        logp_BT = (shared_prompt_logprobs if share else padded_logprobs)(model, seq)[0]
         (logp_BT * weights_BT).sum().backward()
         grads.append(
             (logp_BT.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
@@ -162,8 +182,8 @@ def test_shared_prompt_forward_declines_when_no_prompt_repeats(tiny_random_model
     model, tok = _load(tiny_random_model_dir("qwen3_moe"))
     seq = _rollout_tensors(model, tok, num_generations=1)
     assert shared_prompt_logprobs(model, seq) is None
-    logp_BT, out = completion_logprobs(model, seq, pack=False)  # falls back to the padded forward
-    assert out.logits.shape[0] == len(PROMPTS)
+    with PolicyForward([], temperature=1.0)(model, seq, layout="shared") as out:  # falls back to the padded forward
+        torch.testing.assert_close(out.logp_BT, padded_logprobs(model, seq)[0])
 
 
 def _uneven(seq, tok, lengths=(10, 3, 7, 1, 10, 5, 2, 9, 4, 10, 6, 8)):
@@ -176,10 +196,12 @@ def _uneven(seq, tok, lengths=(10, 3, 7, 1, 10, 5, 2, 9, 4, 10, 6, 8)):
     return to_tensors(rows, tok.pad_token_id)
 
 
-def _logprobs_and_grads(model, seq, weights_BT, **kw):
+def _logprobs_and_grads(model, seq, weights_BT, layout=None):
+    """The training forward's log-probs and gradients: ``layout`` forced, or as ``PolicyForward`` chooses."""
     model.zero_grad()
-    logp_BT = completion_logprobs(model, seq, **kw)[0]
-    (logp_BT * weights_BT).sum().backward()
+    with PolicyForward([], temperature=1.0)(model, seq, layout=layout) as out:
+        logp_BT = out.logp_BT
+        (logp_BT * weights_BT).sum().backward()
     return logp_BT.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -199,7 +221,7 @@ def test_packed_forward_equals_the_padded_forward(tiny_random_model_dir, family)
     seq = _uneven(_rollout_tensors(model, tok), tok)
     seq.completion_mask_BT[4] = 0  # a row dropped from the loss (DAPO overlong filtering): its tokens still attend
     weights_BT = torch.randn(seq.completion_mask_BT.shape, generator=torch.Generator().manual_seed(2))
-    ref = _logprobs_and_grads(model, seq, weights_BT, share_prompts=False)
+    ref = _logprobs_and_grads(model, seq, weights_BT, layout="padded")
     fast_BT, _ = fast = _logprobs_and_grads(model, seq, weights_BT)
     _assert_same(fast, ref)
     assert (fast_BT[seq.completion_mask_BT == 0] == 0).all()
@@ -221,21 +243,27 @@ def test_packed_forward_with_lora_then_checkpointing_falls_back(tiny_random_mode
                 p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
     model.train()
     weights_BT = torch.randn(seq.completion_mask_BT.shape, generator=torch.Generator().manual_seed(2))
-    ref = _logprobs_and_grads(model, seq, weights_BT, share_prompts=False)
+    ref = _logprobs_and_grads(model, seq, weights_BT, layout="padded")
     _assert_same(_logprobs_and_grads(model, seq, weights_BT), ref)
     # Checkpointing re-runs layers in backward, after the packed attention is deselected: padded forward then.
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()
     _assert_same(_logprobs_and_grads(model, seq, weights_BT), ref)
-    assert completion_logprobs(model, seq)[1].logits.shape[0] == seq.input_ids_BL.shape[0]
+    assert PolicyForward([], temperature=1.0).layout(model, routing=False) == "padded"
 
 
 def test_packing_indices_by_hand():
     # Two rows sharing prompt [5, 6] (row 1's prompt left-padded: one row has a 1-token prompt [4]); completions
     # [7, 8], [9] and [3, 2]. Packed row: prompts [5, 6] then [4], then completions 7 8 | 9 | 3 2.
     p = Prompt("p", "")
-    seq = to_tensors([Completion(0, p, [5, 6], [7, 8], "", "eos"), Completion(0, p, [5, 6], [9], "", "eos"),
-                      Completion(1, p, [4], [3, 2], "", "eos")], pad_id=0)  # fmt: skip
+    seq = to_tensors(
+        [
+            Completion(0, p, [5, 6], [7, 8], "", "eos"),
+            Completion(0, p, [5, 6], [9], "", "eos"),
+            Completion(1, p, [4], [3, 2], "", "eos"),
+        ],
+        pad_id=0,
+    )
     k = pack(seq)
     order = k.input_ids_1N[0].tolist()  # torch.unique sorts prompts by (ids, mask): [0, 4] before [5, 6]
     assert order == [4, 5, 6, 7, 8, 9, 3, 2]
@@ -247,16 +275,21 @@ def test_packing_indices_by_hand():
     assert k.keep_K.tolist() == [0, 2, 3, 4, 5, 6, 7]
     # token 0 is predicted by its prompt's last token (kept index = prompt id), token t by completion token t - 1
     assert k.pred_BT.tolist() == [[1, 2], [1, 4], [0, 5]]  # row 1's t = 1 is padding: any index, masked out
+    # (row, position) -> packed index, N = 8 at padding; rows 0 and 1 share prompt tokens 1, 2
+    assert k.tokens.index_BL.tolist() == [[1, 2, 3, 4], [1, 2, 5, 8], [8, 0, 6, 7]]
+    # packed index -> the first (row, position) holding it, as row * L + position (L = 4)
+    assert k.tokens.source_N.tolist() == [2 * 4 + 1, 0, 1, 2, 3, 1 * 4 + 2, 2 * 4 + 2, 2 * 4 + 3]
 
 
 def test_packing_declines_where_it_would_change_the_result(tiny_random_model_dir):
     assert not can_pack(_load(tiny_random_model_dir("qwen3_moe"), attn_implementation="eager")[0])
     model, tok = _load(tiny_random_model_dir("qwen3_moe"))
     seq = _rollout_tensors(model, tok)
-    _, out = completion_logprobs(model, seq, output_router_logits=True)  # extra outputs: the padded forward
-    assert out.logits.shape[0] == seq.input_ids_BL.shape[0]
-    _, out = completion_logprobs(model, seq)
-    assert out.logits.shape[0] == 1  # one packed row
+    forward = PolicyForward([], temperature=1.0)
+    assert forward.layout(model, routing=True) == "packed"
+    assert PolicyForward([], temperature=1.0, single_forward=True).layout(model, routing=False) == "padded"
+    with forward(model, seq) as out:
+        assert out.layout == "packed"
     assert model.config._attn_implementation == "sdpa"  # restored
 
 
@@ -270,20 +303,27 @@ def test_trainer_steps_with_fast_paths_equal_reference_paths(tiny_random_model_d
     Parameters are not compared after AdamW: it divides by sqrt(v), so a gradient of 1e-9 and one of 2e-9 both
     move a weight by ~lr, and float-rounding differences of near-zero gradients become lr-sized steps.
     """
-    import rl.trainer
-
     runs = []
     for fast in (False, True):
-        cfg = load_recipe(None, [
-            f"model.name_or_path={tiny_random_model_dir(family)}", "model.finetune=full",
-            "data.task=arith", "data.num_train=32", "data.num_eval=4", "rollout.max_new_tokens=10",
-            f"rollout.sampler={'r1kit' if fast else 'generate'}",
-            "algorithm.num_generations=4", "algorithm.batch_size=8", f"rewards.rules=[{{name: '{REWARD}'}}]",
-            "training.lr=0.01", "logging.progress=false",
-            "moe.telemetry=false",  # router hooks observing a forward need the padded layout: no sharing then
-        ])  # fmt: skip
-        # the reference training forward runs every row's prompt itself
-        monkeypatch.setattr(rl.trainer, "completion_logprobs", _with_sharing(fast))
+        cfg = load_recipe(
+            None,
+            [
+                f"model.name_or_path={tiny_random_model_dir(family)}",
+                "model.finetune=full",
+                "data.task=arith",
+                "data.num_train=32",
+                "data.num_eval=4",
+                "rollout.max_new_tokens=10",
+                f"rollout.sampler={'r1kit' if fast else 'generate'}",
+                "algorithm.num_generations=4",
+                "algorithm.batch_size=8",
+                f"rewards.rules=[{{name: '{REWARD}'}}]",
+                "training.lr=0.01",
+                "logging.progress=false",
+            ],
+        )
+        # On defaults (router telemetry on): the fast path must not fall back; the reference runs every row padded.
+        monkeypatch.setattr(PolicyForward, "layout", _layout(fast))
         trainer = GRPOTrainer(cfg, tmp_path / f"fast{fast}")
         grads = _record_grads(trainer)
         metrics = [trainer.train_step() for _ in range(2)]
@@ -294,19 +334,25 @@ def test_trainer_steps_with_fast_paths_equal_reference_paths(tiny_random_model_d
             assert a[k] == b[k], k  # the same samples: the same rewards and lengths, exactly
         assert math.isclose(a["loss"], b["loss"], rel_tol=1e-4, abs_tol=1e-6)
         assert math.isclose(a["grad_norm"], b["grad_norm"], rel_tol=1e-4)
+        # telemetry read from the packed forward's routing, mapped back: the padded forward's numbers
+        assert math.isclose(a["moe/load_max_over_mean"], b["moe/load_max_over_mean"], rel_tol=1e-2)
     assert ref_g.keys() == fast_g.keys()
     for n in ref_g:
         torch.testing.assert_close(fast_g[n], ref_g[n], atol=1e-5, rtol=1e-4, msg=n)
 
 
-def _with_sharing(share: bool):
-    """The trainer's completion_logprobs with sharing forced off (reference) or required to be on (fast path)."""
+_CHOOSE_LAYOUT = PolicyForward.layout
 
-    def logprobs(*args, share_prompts: bool = True, **kwargs):
-        assert share_prompts or not share, "the trainer declined to share prompts on the fast path"
-        return completion_logprobs(*args, share_prompts=share, **kwargs)
 
-    return logprobs
+def _layout(fast: bool):
+    """The trainer's layout choice, required not to be padded (fast path) or forced to padded (reference)."""
+
+    def layout(self, model, *, routing: bool) -> str:
+        chosen = _CHOOSE_LAYOUT(self, model, routing=routing)
+        assert chosen != "padded" or not fast, "the trainer fell back to the padded layout on the fast path"
+        return chosen if fast else "padded"
+
+    return layout
 
 
 def _record_grads(trainer) -> list[dict[str, torch.Tensor]]:
@@ -329,6 +375,42 @@ def test_training_after_sampling_with_dynamic_rope(tiny_random_model_dir):
     backend = TransformersBackend(model, tok, max_new_tokens=24)
     batch = backend.generate([Prompt("a", "Q: 1+2+3+4+5+6\nA:")], [0], num_generations=2)
     model.train()
-    logp_BT = completion_logprobs(model, to_tensors(batch.completions, tok.pad_token_id))[0]
+    with PolicyForward([], temperature=1.0)(model, to_tensors(batch.completions, tok.pad_token_id)) as out:
+        logp_BT = out.logp_BT
     logp_BT.sum().backward()
     assert not any(b.is_inference() for b in model.buffers())
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3", "olmoe", "mixtral", "qwen2_moe"])
+def test_packed_routing_maps_back_to_the_padded_forward(tiny_random_model_dir, family):
+    """Router outputs of the packed forward, mapped back to (row, position), are the padded forward's: the same
+    experts, logits, expert counts and load-balancing loss; and experts handed in to the packed forward are the
+    ones its layers use."""
+    from rl.moe.control import RouterControl
+    from rl.moe.routers import find_routers
+
+    model, tok = _load(tiny_random_model_dir(family))
+    seq = _uneven(_rollout_tensors(model, tok), tok)
+    sites = find_routers(model)
+    forward = PolicyForward(sites, temperature=1.0)
+    out, aux = {}, {}
+    for layout in ("packed", "padded"):
+        ctl = RouterControl(sites, aux_loss_coef=1.0)
+        with torch.no_grad(), forward(model, seq, routing=True, layout=layout) as o:
+            aux[layout] = ctl.add_aux_loss(torch.zeros(()), {}, o.routing)[1]["moe/aux_loss"]
+        out[layout] = o
+    assert out["packed"].layout == "packed" and forward.layout(model, routing=True) == "packed"
+    real_BL = seq.attention_mask_BL.bool()
+    for layer in out["padded"].routing.layers:
+        packed, padded = out["packed"].routing, out["padded"].routing
+        same = packed.experts_BLK(layer)[real_BL].sort(-1).values == padded.experts_BLK(layer)[real_BL].sort(-1).values
+        assert same.all(-1).float().mean() >= 0.99, f"layer {layer}: experts differ beyond near-ties"
+        torch.testing.assert_close(packed.real(layer).logits_NE, padded.real(layer).logits_NE, atol=1e-4, rtol=0)
+    torch.testing.assert_close(aux["packed"], aux["padded"], atol=1e-4, rtol=1e-3)
+    # Replay into the packed forward: hand in experts the router would not choose (its own, shifted by one)
+    E = model.config.num_experts if hasattr(model.config, "num_experts") else model.config.n_routed_experts
+    forced = {layer: (out["padded"].routing.experts_BLK(layer) + 1) % E for layer in out["padded"].routing.layers}
+    with torch.no_grad(), forward(model, seq, replay_BLK=forced, layout="packed") as o:
+        pass
+    for layer, want_BLK in forced.items():
+        assert torch.equal(o.routing.experts_BLK(layer)[real_BL], want_BLK[real_BL])

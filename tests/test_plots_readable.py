@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import yaml
 
-from rl.plots import FLAT, UP, _trend, figures, metric_figure
+from rl.reporting.plots import FLAT, UP, _trend, figures, metric_figure
 
 
 def _run(tmp_path, rows, config=None):

@@ -18,21 +18,43 @@ from rollouts.tasks import R1_SYSTEM_PROMPT
 
 
 def gsm8k_rows(n: int) -> list[dict]:
-    return [{"question": f"Tom has {i} apples and buys 3 more. How many apples does he have?",
-             "answer": f"Tom has {i} + 3 = <<{i}+3={i + 3}>>{i + 3} apples.\n#### {i + 3}"}
-            for i in range(n)]  # fmt: skip
+    return [
+        {
+            "question": f"Tom has {i} apples and buys 3 more. How many apples does he have?",
+            "answer": f"Tom has {i} + 3 = <<{i}+3={i + 3}>>{i + 3} apples.\n#### {i + 3}",
+        }
+        for i in range(n)
+    ]
 
 
 def math_rows(n: int) -> list[dict]:
     # levels 1-5 in turn: the recipes keep levels 3-5
-    return [{"problem": f"What is $\\frac{{{2 * i}}}{{2}}$?", "level": f"Level {i % 5 + 1}", "type": "Prealgebra",
-             "solution": f"$\\frac{{{2 * i}}}{{2}} = \\boxed{{{i}}}$."} for i in range(n)]  # fmt: skip
+    return [
+        {
+            "problem": f"What is $\\frac{{{2 * i}}}{{2}}$?",
+            "level": f"Level {i % 5 + 1}",
+            "type": "Prealgebra",
+            "solution": f"$\\frac{{{2 * i}}}{{2}} = \\boxed{{{i}}}$.",
+        }
+        for i in range(n)
+    ]
 
 
 def numina_rows(n: int) -> list[dict]:
-    rows = [{"problem": f"Find $x$ if $x - {i} = 0$.", "solution": f"So $x = \\boxed{{{i}}}$.", "answer": str(i),
-             "problem_type": "Algebra", "question_type": "math-word-problem", "problem_is_valid": "Yes",
-             "solution_is_valid": "Yes", "source": "olympiads", "synthetic": False} for i in range(n)]  # fmt: skip
+    rows = [
+        {
+            "problem": f"Find $x$ if $x - {i} = 0$.",
+            "solution": f"So $x = \\boxed{{{i}}}$.",
+            "answer": str(i),
+            "problem_type": "Algebra",
+            "question_type": "math-word-problem",
+            "problem_is_valid": "Yes",
+            "solution_is_valid": "Yes",
+            "source": "olympiads",
+            "synthetic": False,
+        }
+        for i in range(n)
+    ]
     rows[0] = {**rows[0], "question_type": "proof", "answer": "proof"}  # filtered out
     return rows
 
@@ -56,13 +78,16 @@ def shrunk(recipe: Path, model_dir: str, data_path: Path | None) -> list[str]:
     G = min(cfg.algorithm.num_generations, 4)  # the R1 template is ~400 characters: ~400 tokens per row here
     out = [
         f"model.name_or_path={model_dir}",
-        "data.num_train=8", "data.num_eval=2",
+        "data.num_train=8",
+        "data.num_eval=2",
         "rollout.max_new_tokens=16",
-        f"algorithm.num_generations={G}", f"algorithm.batch_size={2 * G}",  # two groups
+        f"algorithm.num_generations={G}",
+        f"algorithm.batch_size={2 * G}",  # two groups
         f"algorithm.mini_batch_size={G if cfg.algorithm.mini_batch_size else 'null'}",  # keep several updates
-        "training.max_steps=1", "training.torch_threads=2",
+        "training.max_steps=1",
+        "training.torch_threads=2",
         "logging.progress=false",
-    ]  # fmt: skip
+    ]
     if cfg.training.micro_batch_size and G % cfg.training.micro_batch_size:
         out.append(f"training.micro_batch_size={G}")
     if data_path is not None:

@@ -26,8 +26,17 @@ ROOT = Path(__file__).parents[1]
 @pytest.fixture(scope="module")
 def code_recipe_run(tmp_path_factory, _fresh_r1kit_cache):
     out = tmp_path_factory.mktemp("code-recipe-run") / "run"
-    cmd = [sys.executable, "-m", "rl.cli", "train", str(ROOT / "recipes" / "code_tiny.yaml"),
-           "--output-dir", str(out), "--set", "logging.progress=false"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "rl.cli",
+        "train",
+        str(ROOT / "recipes" / "code_tiny.yaml"),
+        "--output-dir",
+        str(out),
+        "--set",
+        "logging.progress=false",
+    ]
     subprocess.run(cmd, check=True, cwd=ROOT)
     return out
 

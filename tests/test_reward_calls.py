@@ -59,10 +59,13 @@ def test_rewards_get_what_they_name_or_everything_with_kwargs(tmp_path):
     path = _file(tmp_path, SEEN_SRC)
     scorer = _scorer([RewardSpec(f"{path}:named"), RewardSpec(f"{path}:anykw")], ["answer", "level"])
     out = scorer.score(
-        ["q", "q"], ["4", "5"], {"answer": ["4", "4"], "level": [1, 2]}, completion_ids=[[7], [8, 9]],
+        ["q", "q"],
+        ["4", "5"],
+        {"answer": ["4", "4"], "level": [1, 2]},
+        completion_ids=[[7], [8, 9]],
         trainer_state=trainer_state(global_step=1, max_steps=5),
-    )  # fmt: skip
-    assert out.values[f"{path}:named"] == [1.0, 0.0]
+    )
+    assert out[f"{path}:named"].values == (1.0, 0.0)
     named, anykw = (b.fn.__globals__["SEEN"] for b in scorer.bound)
     assert named == [["answer", "completions"]]  # no trainer_state, log_metric, ... for a function not naming them
     assert anykw == [["answer", "completion_ids", "level", "log_extra", "log_metric", "trainer_state"]]
@@ -98,8 +101,17 @@ def _prompts(tmp_path, template):
 
     rows = [{"prompt": f"{i}+1?", "solution": f"${i + 1}$"} for i in range(3)]
     path = _file(tmp_path, "".join(json.dumps(r) + "\n" for r in rows), "d.jsonl")
-    sets = load_prompt_sets(task=None, path=str(path), split="train", prompt_column="prompt", template=template,
-                            num_train=2, num_eval=1, seed=0, tokenizer=_ChatTokenizer())  # fmt: skip
+    sets = load_prompt_sets(
+        task=None,
+        path=str(path),
+        split="train",
+        prompt_column="prompt",
+        template=template,
+        num_train=2,
+        num_eval=1,
+        seed=0,
+        tokenizer=_ChatTokenizer(),
+    )
     return sets.train
 
 
@@ -116,8 +128,8 @@ def test_chat_template_makes_rewards_conversational_exactly_as_trl(tmp_path):
     assert batch.completion_ids == [[2], [2, 2], [2, 2, 2]]
     specs = [RewardSpec(f"{OPEN_R1}:format_reward", alias="fmt"), RewardSpec("trl.rewards:think_format_reward")]
     out = _scorer(specs).score(batch.reward_prompts, batch.reward_completions, batch.columns())
-    assert out.values["fmt"] == [1.0, 0.0, 0.0]
-    assert out.values["trl.rewards:think_format_reward"] == think_format_reward(batch.reward_completions)
+    assert out["fmt"].values == (1.0, 0.0, 0.0)
+    assert list(out["trl.rewards:think_format_reward"].values) == think_format_reward(batch.reward_completions)
     assert think_format_reward(batch.reward_completions) == [1.0, 1.0, 0.0]
     # plain templates stay plain text
     plain = RolloutBatch([Completion(0, _prompts(tmp_path, "qa")[0], [1], [2], "4", "eos")])
@@ -147,15 +159,18 @@ def make(bonus):
 
 
 def test_init_calls_a_factory_once_and_its_result_is_the_reward(tmp_path):
-    spec = RewardSpec("trl.rewards:get_soft_overlong_punishment", init={"max_completion_len": 10,
-                      "soft_punish_cache": 4}, alias="overlong")  # fmt: skip
+    spec = RewardSpec(
+        "trl.rewards:get_soft_overlong_punishment",
+        init={"max_completion_len": 10, "soft_punish_cache": 4},
+        alias="overlong",
+    )
     out = _scorer([spec]).score(["q"] * 3, ["a", "b", "c"], {}, completion_ids=[[1] * 6, [1] * 8, [1] * 11])
     # DAPO eq. 13: 0 up to 10 - 4 tokens, then (6 - n) / 4, -1 past 10
-    assert out.values["overlong"] == [0.0, (6 - 8) / 4, -1.0]
+    assert out["overlong"].values == (0.0, (6 - 8) / 4, -1.0)
     path = _file(tmp_path, FACTORY_SRC)
     scorer = _scorer([RewardSpec(f"{path}:make", init={"bonus": 0.25})])
     for _ in range(2):
-        assert scorer.score(["q"], ["a"], {}).values[f"{path}:make"] == [0.25]
+        assert scorer.score(["q"], ["a"], {})[f"{path}:make"].values == (0.25,)
     assert scorer.bound[0].fn.__globals__["MADE"] == [0.25]
 
 
@@ -193,8 +208,14 @@ def test_importing_rewards_is_cheap():
     assert heavy.strip() == "[]"
 
 
-@pytest.mark.parametrize("lookup", ["'math_accuracy' in REWARDS", "REWARDS.get('math_accuracy') is not None",
-                                    "REWARDS.names() == sorted(BUILTIN_REWARDS)"])  # fmt: skip
+@pytest.mark.parametrize(
+    "lookup",
+    [
+        "'math_accuracy' in REWARDS",
+        "REWARDS.get('math_accuracy') is not None",
+        "REWARDS.names() == sorted(BUILTIN_REWARDS)",
+    ],
+)
 def test_the_registry_loads_the_builtins_on_first_use(lookup):
     assert _fresh(f"from rewards import REWARDS, BUILTIN_REWARDS\nprint({lookup})").strip() == "True"
 
@@ -226,33 +247,57 @@ def bad_extra(completions, log_extra, **kwargs):
 @pytest.mark.parametrize(
     "spec, columns, message",
     [
-        (RewardSpec("math_acuracy"), [],
-         r"rewards\.rules\[1\]\.name: unknown reward 'math_acuracy'; did you mean 'math_accuracy'\? Known: "
-         r".*code_accuracy, .*tag_count\. For your own reward give 'package\.module:function'"),
-        (RewardSpec("nowhere/x.py:f"), [],
-         r"rewards\.rules\[1\]\.name: reward file 'nowhere/x\.py' does not exist \(relative paths start from the "
-         r"current directory, .*\); fix the path in 'nowhere/x\.py:f'"),
-        (RewardSpec("no_such_pkg_r1kit.rewards:f"), [],
-         r"rewards\.rules\[1\]\.name: no module named 'no_such_pkg_r1kit' \(from 'no_such_pkg_r1kit\.rewards:f'\); "
-         r"fix the spelling or install the package"),
-        (RewardSpec(f"{OPEN_R1}:acuracy_reward"), [],
-         r"rewards\.rules\[1\]\.name: '.*open_r1_rewards\.py' has no attribute 'acuracy_reward' .*did you mean "
-         r"'accuracy_reward'\?"),
-        (RewardSpec(f"{OPEN_R1}:accuracy_reward"), ["answer"],
-         r"rewards\.rules\[1\]\.columns: reward '.*accuracy_reward' needs dataset column\(s\) \['solution'\] which "
-         r"the dataset lacks \(it has \['answer'\]\); add them to the data or map them with rewards\.rules\[1\]\."
-         r"columns \(e\.g\. \{solution: <column>\}\)"),
-        (RewardSpec(f"{OPEN_R1}:accuracy_reward", columns={"solution": "sol"}), ["answer"],
-         r"rewards\.rules\[1\]\.columns: .*needs dataset column\(s\) \['sol'\]"),
-        (RewardSpec("trl.rewards:get_soft_overlong_punishment", init={"max_len": 3}), [],
-         r"rewards\.rules\[1\]\.init: calling 'trl\.rewards:get_soft_overlong_punishment' with \{'max_len': 3\} "
-         r"raised TypeError: .*; set init to the factory's arguments"),
-        (RewardSpec("trl.rewards:get_soft_overlong_punishment"), [],
-         r"rewards\.rules\[1\]\.columns: .*\['max_completion_len', 'soft_punish_cache'\].* if it is a reward "
-         r"factory, call it with rewards\.rules\[1\]\.init"),
+        (
+            RewardSpec("math_acuracy"),
+            [],
+            r"rewards\.rules\[1\]\.name: unknown reward 'math_acuracy'; did you mean 'math_accuracy'\? Known: "
+            r".*code_accuracy, .*tag_count\. For your own reward give 'package\.module:function'",
+        ),
+        (
+            RewardSpec("nowhere/x.py:f"),
+            [],
+            r"rewards\.rules\[1\]\.name: reward file 'nowhere/x\.py' does not exist \(relative paths start from the "
+            r"current directory, .*\); fix the path in 'nowhere/x\.py:f'",
+        ),
+        (
+            RewardSpec("no_such_pkg_r1kit.rewards:f"),
+            [],
+            r"rewards\.rules\[1\]\.name: no module named 'no_such_pkg_r1kit' \(from 'no_such_pkg_r1kit\.rewards:f'\); "
+            r"fix the spelling or install the package",
+        ),
+        (
+            RewardSpec(f"{OPEN_R1}:acuracy_reward"),
+            [],
+            r"rewards\.rules\[1\]\.name: '.*open_r1_rewards\.py' has no attribute 'acuracy_reward' .*did you mean "
+            r"'accuracy_reward'\?",
+        ),
+        (
+            RewardSpec(f"{OPEN_R1}:accuracy_reward"),
+            ["answer"],
+            r"rewards\.rules\[1\]\.columns: reward '.*accuracy_reward' needs dataset column\(s\) \['solution'\] which "
+            r"the dataset lacks \(it has \['answer'\]\); add them to the data or map them with rewards\.rules\[1\]\."
+            r"columns \(e\.g\. \{solution: <column>\}\)",
+        ),
+        (
+            RewardSpec(f"{OPEN_R1}:accuracy_reward", columns={"solution": "sol"}),
+            ["answer"],
+            r"rewards\.rules\[1\]\.columns: .*needs dataset column\(s\) \['sol'\]",
+        ),
+        (
+            RewardSpec("trl.rewards:get_soft_overlong_punishment", init={"max_len": 3}),
+            [],
+            r"rewards\.rules\[1\]\.init: calling 'trl\.rewards:get_soft_overlong_punishment' with \{'max_len': 3\} "
+            r"raised TypeError: .*; set init to the factory's arguments",
+        ),
+        (
+            RewardSpec("trl.rewards:get_soft_overlong_punishment"),
+            [],
+            r"rewards\.rules\[1\]\.columns: .*\['max_completion_len', 'soft_punish_cache'\].* if it is a reward "
+            r"factory, call it with rewards\.rules\[1\]\.init",
+        ),
         (RewardSpec("tag_count"), [], r"rewards\.rules\[1\]\.alias: reward 'tag_count' is listed twice"),
     ],
-)  # fmt: skip
+)
 def test_setup_errors_name_the_key_and_the_fix(spec, columns, message):
     with pytest.raises(RewardSetupError, match=message) as e:
         bind_rewards([RewardSpec("tag_count"), spec], columns)
@@ -276,8 +321,11 @@ def test_a_failing_import_inside_a_reward_module_is_not_reported_as_a_missing_mo
 
 def test_output_errors_say_what_a_reward_must_return(tmp_path):
     path = _file(tmp_path, PLAIN_SRC)
-    with pytest.raises(RewardOutputError, match=r"reward 'nothing' returned None; it must return a list with one "
-                       r"float \(or None to abstain\) per completion"):  # fmt: skip
+    with pytest.raises(
+        RewardOutputError,
+        match=r"reward 'nothing' returned None; it must return a list with one "
+        r"float \(or None to abstain\) per completion",
+    ):
         _scorer([RewardSpec(f"{path}:nothing", alias="nothing")]).score(["q"], ["a"], {})
     with pytest.raises(RewardOutputError, match=r"logged 1 values of 'col' for 2 completions; log_extra takes one"):
         _scorer([RewardSpec(f"{path}:bad_extra")]).score(["q"] * 2, ["a", "b"], {})
@@ -285,9 +333,12 @@ def test_output_errors_say_what_a_reward_must_return(tmp_path):
 
 def test_failure_message_names_the_real_key_and_the_fix():
     scorer = _scorer([RewardSpec(f"{FOR_TESTS}:flaky", alias="flaky")], max_error_fraction=0.0)
-    with pytest.raises(RewardFailureError, match=r"'flaky' failed on 1/2 samples, above rewards\.max_error_fraction="
-                       r"0\.0; fix the reward \(its first traceback is in the log above\), or raise "
-                       r"rewards\.max_error_fraction"):  # fmt: skip
+    with pytest.raises(
+        RewardFailureError,
+        match=r"'flaky' failed on 1/2 samples, above rewards\.max_error_fraction="
+        r"0\.0; fix the reward \(its first traceback is in the log above\), or raise "
+        r"rewards\.max_error_fraction",
+    ):
         scorer.score(["q"] * 2, ["a", "bb"], {})
 
 
@@ -306,7 +357,7 @@ def test_log_metric_averages_over_the_step_and_log_extra_joins_the_info(tmp_path
     scorer.score(["q"] * 2, ["a", "bb"], {})
     out = scorer.score(["q"] * 4, ["a", "bb", "ccc", "dddd"], {})
     assert scorer.pop_metrics() == {"judge/batch": (2 + 4) / 2} and scorer.pop_metrics() == {}
-    assert [i["length"] for i in out.info["logs"]] == [1, 2, 3, 4]
+    assert [i["length"] for i in out["logs"].info] == [1, 2, 3, 4]
 
 
 # ---- reward files import what lies beside them ----------------------------------------------------------------
@@ -326,7 +377,7 @@ def test_a_reward_file_imports_modules_beside_it(tmp_path, monkeypatch):
     _file(tmp_path, src, "rw/reward.py")
     try:
         out = _scorer([RewardSpec("rw/reward.py:r", alias="r")]).score(["q"], ["a"], {})
-        assert out.values["r"] == [0.75] and out.errors["r"] == 0
+        assert out["r"].values == (0.75,) and out["r"].n_errors == 0
         assert sys.path[0] == str(tmp_path / "rw")
     finally:
         for m in ("r1kit_beside_top", "r1kit_beside_late"):
@@ -357,24 +408,44 @@ def test_trl_and_open_r1_rewards_run_unchanged_in_a_chat_recipe(tiny_random_mode
     from rl.trainer import GRPOTrainer
 
     model = _chat_model(tiny_random_model_dir("qwen3_moe"), tmp_path / "model")
-    data = _file(tmp_path, "".join(json.dumps({"prompt": f"{a}+{a}=?", "solution": f"${2 * a}$"}) + "\n"
-                                   for a in range(1, 7)), "data.jsonl")  # fmt: skip
+    data = _file(
+        tmp_path,
+        "".join(json.dumps({"prompt": f"{a}+{a}=?", "solution": f"${2 * a}$"}) + "\n" for a in range(1, 7)),
+        "data.jsonl",
+    )
     rules = [
         {"name": f"{OPEN_R1}:accuracy_reward", "alias": "open_r1_accuracy"},
         {"name": f"{OPEN_R1}:format_reward", "alias": "open_r1_format", "weight": 0.5},
         {"name": "trl.rewards:think_format_reward", "alias": "trl_think_format", "weight": 0.5},
         {"name": "trl.rewards:accuracy_reward", "alias": "trl_accuracy"},
-        {"name": "trl.rewards:get_soft_overlong_punishment", "alias": "overlong",
-         "init": {"max_completion_len": 8, "soft_punish_cache": 4}},
+        {
+            "name": "trl.rewards:get_soft_overlong_punishment",
+            "alias": "overlong",
+            "init": {"max_completion_len": 8, "soft_punish_cache": 4},
+        },
         {"name": f"{OPEN_R1}:spy", "alias": "spy", "weight": 0.0},
-    ]  # fmt: skip
-    cfg = load_recipe(None, [
-        f"model.name_or_path={model}", "data.task=null", f"data.path={data}", "data.template=chat",
-        "data.num_train=4", "data.num_eval=1", "rollout.max_new_tokens=8", "algorithm.num_generations=4",
-        "algorithm.batch_size=8", f"rewards.rules={json.dumps(rules)}", "training.max_steps=2",
-        "training.torch_threads=2", "logging.progress=false", "logging.save_every=0", "logging.plots=false",
-        "logging.eval_every=1",
-    ])  # fmt: skip
+    ]
+    cfg = load_recipe(
+        None,
+        [
+            f"model.name_or_path={model}",
+            "data.task=null",
+            f"data.path={data}",
+            "data.template=chat",
+            "data.num_train=4",
+            "data.num_eval=1",
+            "rollout.max_new_tokens=8",
+            "algorithm.num_generations=4",
+            "algorithm.batch_size=8",
+            f"rewards.rules={json.dumps(rules)}",
+            "training.max_steps=2",
+            "training.torch_threads=2",
+            "logging.progress=false",
+            "logging.save_every=0",
+            "logging.plots=false",
+            "logging.eval_every=1",
+        ],
+    )
     run = tmp_path / "run"
     trainer = GRPOTrainer(cfg, run)
     trainer.train()

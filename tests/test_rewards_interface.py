@@ -86,10 +86,12 @@ def test_output_is_checked_and_errors_name_the_reward():
 def test_failing_samples_abstain_are_counted_and_the_run_stops_past_the_limit(caplog):
     scorer = _scorer("flaky", max_error_fraction=0.5)
     out = scorer.score(["p"] * 4, ["a", "bb", "c", "dd"], {"answer": ["1"] * 4})
-    label = next(iter(out.values))
-    assert out.values[label] == [1.0, None, 1.0, None]  # never silently 0
-    assert out.errors[label] == 2 and scorer.error_counts[label] == 2
-    assert out.total == [1.0, None, 1.0, None]
+    (flaky,) = out.rewards
+    assert flaky.values == (1.0, None, 1.0, None)  # never silently 0
+    assert flaky.n_errors == 2 and scorer.error_counts[flaky.label] == 2
+    assert flaky.errors == ("RuntimeError: flaky reward failed",) * 2  # the messages, as the stored info holds them
+    assert [i.get("error") for i in flaky.info] == [None, flaky.errors[0], None, flaky.errors[1]]
+    assert out.total == (1.0, None, 1.0, None)
     assert "flaky reward failed" in caplog.text  # the first traceback is logged
     with pytest.raises(RewardFailureError, match="failed on 3/4 samples"):
         scorer.score(["p"] * 4, ["aa", "bb", "c", "dd"], {"answer": ["1"] * 4})
@@ -118,4 +120,4 @@ def test_builtin_rewards_take_trl_conversational_completions():
 def test_weights_combine_rewards():
     specs = [RewardSpec(f"{HERE}:length_reward", 2.0), RewardSpec(f"{HERE}:digit_share", 1.0)]
     out = RewardScorer(bind_rewards(specs, [])).score(["p"], ["ab12"], {})
-    assert out.total == [pytest.approx(2.0 * 0.04 + 0.5)]
+    assert out.total == (pytest.approx(2.0 * 0.04 + 0.5),)

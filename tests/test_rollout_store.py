@@ -13,13 +13,24 @@ import pyarrow.parquet as pq
 import pytest
 
 import rollouts
+from rewards.scoring import RewardColumn, RewardScores
 from rl.config import load_recipe
-from rl.quickrun import FAST, REPO_ROOT, TINY_RECIPE
 from rl.runlog import read_metrics
+from rl.zoo.quickrun import FAST, REPO_ROOT, TINY_RECIPE
 from rollouts.store import RolloutStore, rollout_table, step_path, stored_steps
 
-FIXED = ["step", "group_id", "prompt_id", "prompt", "completion", "reward", "advantage", "num_tokens",
-         "finish_reason", "mean_logprob"]  # fmt: skip
+FIXED = [
+    "step",
+    "group_id",
+    "prompt_id",
+    "prompt",
+    "completion",
+    "reward",
+    "advantage",
+    "num_tokens",
+    "finish_reason",
+    "mean_logprob",
+]
 
 
 def test_rollout_table_columns_and_values(fake_step):
@@ -97,8 +108,8 @@ def test_columns_added_later_are_null_in_earlier_steps(tmp_path, fake_step):
     store = RolloutStore(tmp_path)
     store.write(1, *fake_step(1))
     batch, scores, adv_B = fake_step(2)
-    scores.values["late"] = [1.0] * len(batch)
-    scores.info["late"] = [{}] * len(batch)
+    late = RewardColumn("late", (1.0,) * len(batch), ({},) * len(batch))
+    scores = RewardScores((*scores.rewards, late), scores.total)  # a reward added to the recipe on resume
     store.write(2, batch, scores, adv_B)
     df = rollouts.load(tmp_path)
     assert df.loc[df.step == 1, "reward/late"].isna().all()

@@ -11,7 +11,8 @@ import random
 import pytest
 
 from rewards.code import parse_tests
-from rl.tiny import PretrainConfig, demo_texts
+from rl.config import PretrainConfig
+from rl.zoo.pretraining import demo_texts
 from rollouts.tasks import (
     DEMOS,
     PYFUNC_HIDDEN,

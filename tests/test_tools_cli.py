@@ -32,8 +32,9 @@ RUN_MAX_NEW_TOKENS = 8
 
 def r1kit(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONIOENCODING": "utf-8", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "rl.cli", *args], capture_output=True, encoding="utf-8", env=env,
-                          cwd=cwd, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "rl.cli", *args], capture_output=True, encoding="utf-8", env=env, cwd=cwd, timeout=600
+    )
 
 
 def assert_user_error(proc: subprocess.CompletedProcess, *names: str) -> None:
@@ -52,13 +53,25 @@ def runs(tmp_path_factory, tiny_random_model_dir) -> dict[str, Path]:
     shutil.copytree(tiny_random_model_dir("deepseek_v3"), base)
     out = {"base": base}
     for finetune in ("lora", "full"):
-        cfg = load_recipe(None, [
-            f"model.name_or_path={base}", f"model.finetune={finetune}",
-            "data.task=arith", "data.num_train=16", "data.num_eval=2",
-            f"rollout.max_new_tokens={RUN_MAX_NEW_TOKENS}", "algorithm.num_generations=2", "algorithm.batch_size=4",
-            f"rewards.rules=[{{name: '{REWARD}'}}]", "training.max_steps=1", "training.lr=0.01",
-            "training.torch_threads=2", "logging.progress=false", "logging.plots=false",
-        ])  # fmt: skip
+        cfg = load_recipe(
+            None,
+            [
+                f"model.name_or_path={base}",
+                f"model.finetune={finetune}",
+                "data.task=arith",
+                "data.num_train=16",
+                "data.num_eval=2",
+                f"rollout.max_new_tokens={RUN_MAX_NEW_TOKENS}",
+                "algorithm.num_generations=2",
+                "algorithm.batch_size=4",
+                f"rewards.rules=[{{name: '{REWARD}'}}]",
+                "training.max_steps=1",
+                "training.lr=0.01",
+                "training.torch_threads=2",
+                "logging.progress=false",
+                "logging.plots=false",
+            ],
+        )
         GRPOTrainer(cfg, root / finetune).train()
         out[finetune] = root / finetune
     return out
@@ -78,8 +91,13 @@ def greedy_text(model, tokenizer, text: str, max_new_tokens: int) -> str:
     """transformers' own greedy decode, cut before the first EOS."""
     ids = torch.tensor([tokenizer.encode(text)])
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     gen = out[0, ids.shape[1] :].tolist()
     if tokenizer.eos_token_id in gen:
         gen = gen[: gen.index(tokenizer.eos_token_id)]
@@ -142,7 +160,7 @@ def test_config_typo_fails_fast_without_torch(tmp_path):
         from rl.cli import main
         rc = main(["config", {str(recipe)!r}])
         print(json.dumps({{"rc": rc, "torch": "torch" in sys.modules, "cpu_s": time.process_time()}}))
-    """)  # fmt: skip
+    """)
     proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert "Traceback" not in proc.stderr, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -169,9 +187,10 @@ def test_rewards_json_lists_every_registered_reward_with_its_columns():
     assert "answer" in rows["math_accuracy"]["doc"]  # from its module: the function itself has no docstring
     assert rows["code_accuracy"]["columns"] == ["tests"]
     assert rows["r1_format_strict"] == {
-        "name": "r1_format_strict", "columns": [],
+        "name": "r1_format_strict",
+        "columns": [],
         "doc": "1.0 when the whole completion is one think block then one answer block, else 0.0.",
-    }  # fmt: skip
+    }
 
 
 def test_rewards_table_is_never_cut_when_piped():
@@ -186,7 +205,8 @@ def test_rewards_table_is_never_cut_when_piped():
 
 def test_rewards_load_lists_a_users_file(tmp_path):
     user = tmp_path / "my_rules.py"
-    user.write_text(textwrap.dedent('''
+    user.write_text(
+        textwrap.dedent('''
         from rewards.base import register_reward
 
         @register_reward("_cli_listed_reward")
@@ -206,12 +226,16 @@ def test_rewards_load_lists_a_users_file(tmp_path):
 
         def helper(x):
             return x
-    '''))  # fmt: skip
+    ''')
+    )
     proc = r1kit("rewards", "--json", "--load", str(user))
     assert proc.returncode == 0, proc.stderr
     rows = {r["name"]: r for r in json.loads(proc.stdout)}
-    assert rows["_cli_listed_reward"] == {"name": "_cli_listed_reward", "doc": "Registered by the file.",
-                                          "columns": ["gold"]}  # fmt: skip
+    assert rows["_cli_listed_reward"] == {
+        "name": "_cli_listed_reward",
+        "doc": "Registered by the file.",
+        "columns": ["gold"],
+    }
     assert rows[f"{user}:plain"]["columns"] == ["solution"]
     assert rows[f"{user}:format_reward"]["columns"] == []
     assert not any(name.endswith(":helper") or name.endswith(":listed") for name in rows)

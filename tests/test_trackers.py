@@ -8,8 +8,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from core.configio import ConfigError
 from rl.config import LoggingConfig
+from rl.reporting.trackers import TRACKERS, TrackerUnavailableError, open_trackers
 from rl.runlog import read_metrics
-from rl.trackers import TRACKERS, TrackerUnavailableError, open_trackers
 
 
 def read_scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
@@ -21,8 +21,16 @@ def read_scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
 def test_tensorboard_writes_real_event_files(tmp_path):
     trackers = open_trackers(["tensorboard"], tmp_path, {"training": {"lr": 1e-4}})
     for step in (1, 2, 3):
-        trackers.log(step, {"reward": 0.25 * step, "time/step": 2.0, "kl": float("nan"),
-                            "moe/expert_load": [[0.5, 0.5]], "flag": True})  # fmt: skip
+        trackers.log(
+            step,
+            {
+                "reward": 0.25 * step,
+                "time/step": 2.0,
+                "kl": float("nan"),
+                "moe/expert_load": [[0.5, 0.5]],
+                "flag": True,
+            },
+        )
     trackers.close()
     scalars = read_scalars(tmp_path / "tensorboard")
     assert sorted(scalars) == ["reward", "time/step"]  # NaN, lists and bools stay in metrics.jsonl only
@@ -90,10 +98,19 @@ def test_trackio_and_mlflow_calls(tmp_path, monkeypatch):
     t.log(3, {"reward": 1.0})
     t.close()
     trackio, mlflow = sys.modules["trackio"].calls, sys.modules["mlflow"].calls
-    assert trackio == [("init", (), {"project": "p", "name": tmp_path.name, "config": {"training": {"lr": 0.1}}}),
-                       ("log", ({"reward": 1.0},), {"step": 3}), ("finish", (), {})]  # fmt: skip
-    assert [c[0] for c in mlflow] == ["set_tracking_uri", "set_experiment", "start_run", "log_params", "log_metrics",
-                                      "end_run"]  # fmt: skip
+    assert trackio == [
+        ("init", (), {"project": "p", "name": tmp_path.name, "config": {"training": {"lr": 0.1}}}),
+        ("log", ({"reward": 1.0},), {"step": 3}),
+        ("finish", (), {}),
+    ]
+    assert [c[0] for c in mlflow] == [
+        "set_tracking_uri",
+        "set_experiment",
+        "start_run",
+        "log_params",
+        "log_metrics",
+        "end_run",
+    ]
     assert mlflow[0][1] == ((tmp_path / "mlruns").resolve().as_uri(),)
     assert mlflow[3][1] == ({"training.lr": "0.1"},)
     assert mlflow[4] == ("log_metrics", ({"reward": 1.0},), {"step": 3})

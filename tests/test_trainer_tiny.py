@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -20,15 +21,21 @@ def _cfg(model_dir: str, *extra: str):
         None,
         [
             f"model.name_or_path={model_dir}",
-            "data.task=arith", "data.num_train=64", "data.num_eval=8",
+            "data.task=arith",
+            "data.num_train=64",
+            "data.num_eval=8",
             "rollout.max_new_tokens=12",
-            "algorithm.num_generations=4", "algorithm.batch_size=8",
+            "algorithm.num_generations=4",
+            "algorithm.batch_size=8",
             f"rewards.rules=[{{name: '{REWARD}'}}]",
-            "training.max_steps=2", "training.lr=0.01", "training.torch_threads=2",
-            "logging.progress=false", "logging.save_every=1",
+            "training.max_steps=2",
+            "training.lr=0.01",
+            "training.torch_threads=2",
+            "logging.progress=false",
+            "logging.save_every=1",
             *extra,
         ],
-    )  # fmt: skip
+    )
 
 
 def _snapshot(model) -> dict[str, torch.Tensor]:
@@ -52,8 +59,9 @@ def test_one_step_changes_parameters_and_keeps_loss_finite(tiny_random_model_dir
 
 
 def test_full_finetune_with_kl_loads_a_frozen_reference(tiny_random_model_dir, tmp_path):
-    cfg = _cfg(tiny_random_model_dir("qwen3_moe"), "model.finetune=full", "algorithm.beta=0.05",
-               "algorithm.num_iterations=2")  # fmt: skip
+    cfg = _cfg(
+        tiny_random_model_dir("qwen3_moe"), "model.finetune=full", "algorithm.beta=0.05", "algorithm.num_iterations=2"
+    )
     trainer = GRPOTrainer(cfg, tmp_path)
     assert trainer.policy.reference is not None
     ref_before = _snapshot(trainer.policy.reference.requires_grad_(True))
@@ -124,7 +132,12 @@ def test_resume_continues_as_the_uninterrupted_run(tiny_random_model_dir, tmp_pa
 # ---- GPU-path options, wired and checked on CPU ------------------------------------------------------------
 
 
-def test_gradient_checkpointing_with_lora_gives_the_plain_update(tiny_random_model_dir, tmp_path):
+def test_gradient_checkpointing_with_lora_gives_the_plain_update(tiny_random_model_dir, tmp_path, monkeypatch):
+    from rl.forward import PolicyForward
+
+    # Checkpointing takes the padded layout (rl.forward); the plain run takes it too, so that the two differ in
+    # checkpointing only (AdamW turns float-rounding differences of other layouts into lr-sized steps).
+    monkeypatch.setattr(PolicyForward, "layout", lambda self, model, *, routing: "padded")
     model_dir = tiny_random_model_dir("qwen3_moe")
     after = {}
     for gc in (False, True):
@@ -143,17 +156,19 @@ def test_logprob_passes_halve_on_out_of_memory(tiny_random_model_dir, tmp_path):
         tiny_random_model_dir("deepseek_v3"), "algorithm.num_iterations=2", "training.logprob_micro_batch_size=8"
     )
     trainer = GRPOTrainer(cfg, tmp_path)
-    real = trainer._logprobs
+    real = trainer.forward
     sizes = []
 
-    def oom_above_two_rows(model, seq):
+    @contextlib.contextmanager
+    def oom_above_two_rows(model, seq, **kwargs):
         if not torch.is_grad_enabled():
             sizes.append(seq.input_ids_BL.shape[0])
             if seq.input_ids_BL.shape[0] > 2:
                 raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(model, seq)
+        with real(model, seq, **kwargs) as out:
+            yield out
 
-    trainer._logprobs = oom_above_two_rows
+    trainer.forward = oom_above_two_rows
     metrics = trainer.train_step()
     assert math.isfinite(metrics["loss"])
     assert sizes == [8, 4, 2, 2, 2, 2] and trainer.logprob_chunks.size == 2  # halved twice, then kept
@@ -184,8 +199,13 @@ def test_adamw_8bit_without_bitsandbytes_says_how_to_install(monkeypatch):
     with pytest.raises(
         ConfigError, match=r"training\.optimizer: adamw_8bit needs bitsandbytes.*`pip install bitsandb"
     ):
-        OPTIMIZERS.get("adamw_8bit")([torch.nn.Parameter(torch.zeros(1))], lr=1e-3, betas=[0.9, 0.99],
-                                     weight_decay=0.0, device=torch.device("cpu"))  # fmt: skip
+        OPTIMIZERS.get("adamw_8bit")(
+            [torch.nn.Parameter(torch.zeros(1))],
+            lr=1e-3,
+            betas=[0.9, 0.99],
+            weight_decay=0.0,
+            device=torch.device("cpu"),
+        )
 
 
 def test_bf16_autocast_over_float32_weights(tiny_random_model_dir, tmp_path):

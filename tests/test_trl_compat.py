@@ -27,11 +27,24 @@ def test_math_accuracy_runs_inside_trl_grpo_trainer(tiny_random_model_dir, tmp_p
 
     spy.__name__ = "spy"
     args = GRPOConfig(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
-        max_steps=1, report_to=[], use_cpu=True, logging_steps=1, save_strategy="no", learning_rate=1e-3,
-    )  # fmt: skip
-    trainer = GRPOTrainer(model=model, processing_class=tok, reward_funcs=[spy, math_accuracy, r1_format_strict],
-                          args=args, train_dataset=data)  # fmt: skip
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=8,
+        max_steps=1,
+        report_to=[],
+        use_cpu=True,
+        logging_steps=1,
+        save_strategy="no",
+        learning_rate=1e-3,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        processing_class=tok,
+        reward_funcs=[spy, math_accuracy, r1_format_strict],
+        args=args,
+        train_dataset=data,
+    )
     trainer.train()
     assert calls and "answer" in calls[0], "TRL passes dataset columns by name, as r1kit does"
     extras = {"completion_ids", "trainer_state", "log_metric", "log_extra"}

@@ -204,9 +204,14 @@ def _spawn(argv: list[str], stdin_path: str, limits: dict | None):
 
     with open(stdin_path, "rb") as fin, open("out.txt", "wb") as fout, open("err.txt", "wb") as ferr:
         return subprocess.Popen(
-            argv, stdin=fin, stdout=fout, stderr=ferr, start_new_session=True, close_fds=True,
+            argv,
+            stdin=fin,
+            stdout=fout,
+            stderr=ferr,
+            start_new_session=True,
+            close_fds=True,
             preexec_fn=lower_limits,
-        )  # fmt: skip
+        )
 
 
 def compile_cpp(cfg: dict) -> dict:

@@ -1,21 +1,21 @@
-"""Router control for one training step: record routing, replay it, and measure it, through forward hooks.
+"""Router control for one training step: record routing, replay it, and measure it, from the routing data the
+training forward returns (``rl.forward.PolicyForward``, ``rl.moe.capture.Routing``). Nothing here hooks the model.
 
 Per step the trainer calls::
 
     begin_step(attention_mask_BL)            the step's full padded batch (B rows)
-    begin_forward("record", rows)            before each no-grad old-policy forward (micro-batch ``rows``)
-    begin_forward("train", rows)             before each training forward; stays active through its backward
-    loss, m = add_aux_loss(loss, m)          after the policy loss of that forward
-    end_step() -> metrics                    and routing goes back to normal (generation, eval, reference)
+    record(rows, routing)                    after each no-grad old-policy forward (micro-batch ``rows``)
+    replay_for(rows) -> experts or None      what to hand in to a training forward (routing replay)
+    observe(rows, routing)                   after each training forward
+    loss, m = add_aux_loss(loss, m, routing) after the policy loss of that forward
+    end_step() -> metrics
 
-**Recording**: in every "record" forward each router's top-k indices are stored per (row, position, layer).
-**Replay** (``routing_replay``): in "train" forwards each router's indices are replaced by the recorded ones for
-the same rows and positions, and the gate weights are recomputed from the *live* router logits at those indices
-with the family's normalisation (``rl.moe.routers``): the experts are the old policy's, the router still learns.
-Gradient checkpointing re-runs a layer's forward during backward; the second call of a layer within one forward
-replays the same indices and is not counted twice.
+**Recording**: each MoE layer's experts per (row, position) of the old-policy forward.
+**Replay** (``routing_replay``): the training forward is handed the recorded experts for its rows; the gate
+weights are recomputed from the *live* router logits at those experts (``rl.moe.capture``).
 
-Telemetry definitions (all over real tokens - prompt and completion, padding excluded - and MoE layers):
+Telemetry definitions (all over real tokens - prompt and completion, padding excluded, a packed prompt counted once
+per row that holds it - and MoE layers):
 
 ``moe/flip_rate``
     Over every training forward of the step (each micro-batch of each mini-batch of each of the
@@ -36,25 +36,17 @@ Telemetry definitions (all over real tokens - prompt and completion, padding exc
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any
 
 import torch
 
+from rl.moe.capture import Routing
 from rl.moe.metrics import expert_counts, flip_counts, load_balancing_loss, load_entropy, load_max_over_mean
 from rl.moe.routers import RouterSite, find_routers, require_families
-from rollouts.fused import IDLE_WHEN_SAMPLING
 
 log = logging.getLogger(__name__)
 PHASES = ("record", "train")
-
-
-def _idle_when_sampling(hook: functools.partial) -> functools.partial:
-    """Mark a hook that does nothing outside a training-step phase (sampling has none), so that the fused decode
-    step (``rollouts.fused``), which skips the router module's hooks, may run with it registered."""
-    setattr(hook, IDLE_WHEN_SAMPLING, True)
-    return hook
 
 
 class RouterControl:
@@ -62,62 +54,80 @@ class RouterControl:
         self, sites: list[RouterSite], *, replay: bool = False, aux_loss_coef: float = 0.0, telemetry: bool = True
     ) -> None:
         self.sites, self.replay, self.aux_loss_coef, self.telemetry = sites, replay, aux_loss_coef, telemetry
-        active = bool(sites) and (replay or aux_loss_coef > 0 or telemetry)
-        self._handles = (
-            [s.module.register_forward_hook(_idle_when_sampling(functools.partial(self._hook, s))) for s in sites]
-            if active
-            else []
-        )
-        self._phase: str | None = None
-        self._rows: torch.Tensor | None = None
+        self.wants_routing = bool(sites) and (replay or aux_loss_coef > 0 or telemetry)
+        """Whether training forwards should return router outputs (``PolicyForward(..., routing=True)``)."""
         self._mask_BL: torch.Tensor | None = None
-        self._recorded: dict[int, torch.Tensor] = {}  # layer -> idx_BLK of the old-policy forward
-        self._fired: set[int] = set()
-        self._aux_terms: list[torch.Tensor] = []
+        self._recorded: dict[int, torch.Tensor] = {}  # layer -> experts_BLK of the old-policy forward
         self._reset_stats()
 
     @property
     def needs_old_forward(self) -> bool:
         """Replay needs the recording forward even when the update is on-policy (the trainer would skip it)."""
-        return self.replay and bool(self._handles)
-
-    @property
-    def observing(self) -> bool:
-        """Whether the hooks act on the current forward: it must then be one router call per layer over the padded
-        (rows, positions) batch, so ``rl.logprobs`` must not split it into a shared-prompt and a completion pass."""
-        return self._phase is not None
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        return self.replay and bool(self.sites)
 
     # ------------------------------------------------------------ step API
     def begin_step(self, attention_mask_BL: torch.Tensor) -> None:
         self._mask_BL = attention_mask_BL
         self._recorded = {}
         self._reset_stats()
-        self._phase = None
 
-    def begin_forward(self, phase: str | None, rows: torch.Tensor | None = None) -> None:
-        if phase is not None and phase not in PHASES:
-            raise ValueError(f"begin_forward: phase {phase!r} is not one of {PHASES}")
-        if phase is not None and (rows is None or self._mask_BL is None):
-            raise ValueError("begin_forward: call begin_step first and pass the forward's rows")
-        self._phase, self._rows = (phase, torch.as_tensor(rows).cpu()) if phase and self._handles else (None, None)
-        self._fired = set()
-        self._aux_terms = []
+    def record(self, rows: torch.Tensor, routing: Routing | None) -> None:
+        """Store the experts of an old-policy forward over ``rows`` of the step's batch."""
+        if routing is None:
+            return
+        B, L = self._step_mask().shape
+        for layer in routing.layers:
+            experts_bLK = routing.experts_BLK(layer)
+            store = self._recorded.get(layer)
+            if store is None:
+                shape = (B, L, experts_bLK.shape[-1])
+                store = self._recorded[layer] = torch.zeros(shape, dtype=torch.int32, device=experts_bLK.device)
+            store[rows.to(store.device)] = experts_bLK
+            self._count("record", layer, routing)
 
-    def add_aux_loss(self, loss: torch.Tensor, metrics: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        """``loss + coef * mean_layers(load-balancing loss)`` of the current training forward."""
-        if self.aux_loss_coef <= 0 or not self._aux_terms:
+    def replay_for(self, rows: torch.Tensor) -> dict[int, torch.Tensor] | None:
+        """The recorded experts of ``rows``, per layer, to hand to a training forward (None without replay)."""
+        if not (self.replay and self.sites):
+            return None
+        missing = [s.name for s in self.sites if s.layer not in self._recorded]
+        if missing:
+            raise RuntimeError(f"replay: no recording for {missing[0]}; run the old-policy forward first")
+        return {layer: e[rows.to(e.device)] for layer, e in self._recorded.items()}
+
+    def observe(self, rows: torch.Tensor, routing: Routing | None) -> None:
+        """Flip rates and expert counts of a training forward over ``rows``."""
+        if routing is None or not self.telemetry:
+            return
+        for layer in routing.layers:
+            real = routing.real(layer)
+            if layer in self._recorded:
+                recorded_MK = self._recorded[layer][rows.to(self._recorded[layer].device)]
+                recorded_MK = recorded_MK[self._step_mask()[rows].bool().to(recorded_MK.device)]
+                ones_M = torch.ones(recorded_MK.shape[0], dtype=torch.bool, device=recorded_MK.device)
+                flips, n = flip_counts(recorded_MK, real.used_NK.to(recorded_MK.device), ones_M)
+                self._flips, self._compared = self._flips + flips, self._compared + n
+                if self.replay:
+                    self._overrides += flip_counts(real.used_NK, real.natural_NK, ones_M.to(real.used_NK.device))[0]
+            self._count("train", layer, routing)
+
+    def add_aux_loss(
+        self, loss: torch.Tensor, metrics: dict[str, torch.Tensor], routing: Routing | None
+    ) -> tuple[torch.Tensor, dict]:
+        """``loss + coef * mean_layers(load-balancing loss)`` of a training forward's routing."""
+        if self.aux_loss_coef <= 0 or routing is None or not routing.layers:
             return loss, metrics
-        aux = torch.stack(self._aux_terms).mean()
+        families = {s.layer: s.family for s in self.sites}
+        terms = []
+        for layer in routing.layers:
+            real = routing.real(layer)
+            ones_M = torch.ones(real.used_NK.shape[0], device=real.used_NK.device)
+            terms.append(load_balancing_loss(families[layer].probs(real.logits_NE), real.used_NK, ones_M))
+        aux = torch.stack(terms).mean()
         return loss + self.aux_loss_coef * aux.to(loss.dtype), {**metrics, "moe/aux_loss": aux.detach()}
 
     def end_step(self) -> dict[str, Any]:
-        self._phase, self._rows, self._recorded, self._aux_terms = None, None, {}, []
-        if not self._handles or not self.telemetry:
+        self._recorded = {}
+        if not self.wants_routing or not self.telemetry:
             return {}
         out: dict[str, Any] = {}
         if self._compared:
@@ -134,83 +144,38 @@ class RouterControl:
             out["moe/expert_load_layers"] = layers
         return out
 
-    # --------------------------------------------------------------- hook
+    # ------------------------------------------------------------- internals
+    def _step_mask(self) -> torch.Tensor:
+        if self._mask_BL is None:
+            raise RuntimeError("RouterControl: call begin_step with the step's attention mask first")
+        return self._mask_BL
+
     def _reset_stats(self) -> None:
         self._flips = self._overrides = self._compared = 0
         self._counts: dict[str, dict[int, torch.Tensor]] = {p: {} for p in PHASES}
 
-    def _hook(self, site: RouterSite, module: torch.nn.Module, args: Any, output: Any) -> Any:
-        if self._phase is None:
-            return None
-        logits_NE, weights_NK, idx_NK = _unpack(site, output)
-        rows = self._rows
-        mask_N = self._mask_BL[rows].reshape(-1).to(idx_NK.device)
-        if idx_NK.shape[0] != mask_N.numel():
-            raise RuntimeError(
-                f"router {site.name}: saw {idx_NK.shape[0]} tokens but the forward's rows hold {mask_N.numel()}; "
-                "routing control needs one router call per layer over the padded (rows, positions) batch"
-            )
-        first_call = site.layer not in self._fired  # False when gradient checkpointing re-runs the layer
-        self._fired.add(site.layer)
-        if self._phase == "record":
-            if first_call:
-                self._record(site.layer, rows, idx_NK)
-                self._count("record", site.layer, idx_NK, mask_N, logits_NE.shape[-1])
-            return None
-        used_NK, new_output = idx_NK, None
-        if self.replay:
-            if site.layer not in self._recorded:
-                raise RuntimeError(f"replay: no recording for {site.name}; run the old-policy forward first")
-            used_NK = self._recorded[site.layer][rows].reshape(idx_NK.shape).to(idx_NK.dtype)
-            weights = site.family.weights(module, logits_NE, used_NK).to(weights_NK.dtype)
-            new_output = (logits_NE, weights, used_NK)
-        if first_call:
-            self._observe_train(site, logits_NE, idx_NK, used_NK, mask_N)
-        return new_output
-
-    def _record(self, layer: int, rows: torch.Tensor, idx_NK: torch.Tensor) -> None:
-        B, L = self._mask_BL.shape
-        store = self._recorded.get(layer)
-        if store is None:
-            K = idx_NK.shape[-1]
-            store = self._recorded[layer] = torch.zeros((B, L, K), dtype=torch.int32, device=idx_NK.device)
-        store[rows.to(store.device)] = idx_NK.view(len(rows), L, -1).to(torch.int32)
-
-    def _observe_train(self, site, logits_NE, natural_NK, used_NK, mask_N) -> None:
-        if self.telemetry:
-            if site.layer in self._recorded:
-                recorded_NK = self._recorded[site.layer][self._rows].reshape(used_NK.shape)
-                flips, n = flip_counts(recorded_NK, used_NK, mask_N)
-                self._flips, self._compared = self._flips + flips, self._compared + n
-                if self.replay:
-                    self._overrides += flip_counts(used_NK, natural_NK, mask_N)[0]
-            self._count("train", site.layer, used_NK, mask_N, logits_NE.shape[-1])
-        if self.aux_loss_coef > 0 and torch.is_grad_enabled():
-            self._aux_terms.append(load_balancing_loss(site.family.probs(logits_NE), used_NK, mask_N))
-
-    def _count(self, phase: str, layer: int, idx_NK, mask_N, num_experts: int) -> None:
+    def _count(self, phase: str, layer: int, routing: Routing) -> None:
         if not self.telemetry:
             return
-        c = expert_counts(idx_NK, mask_N, num_experts).cpu()
+        real = routing.real(layer)
+        ones_M = torch.ones(real.used_NK.shape[0], dtype=torch.bool, device=real.used_NK.device)
+        c = expert_counts(real.used_NK, ones_M, real.logits_NE.shape[-1]).cpu()
         prev = self._counts[phase].get(layer)
         self._counts[phase][layer] = c if prev is None else prev + c
-
-
-def _unpack(site: RouterSite, output: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    ok = isinstance(output, tuple) and len(output) == 3 and not output[2].is_floating_point()
-    if not ok:
-        raise TypeError(
-            f"router {site.name} ({site.class_name}) does not return (router_logits, topk_weights, topk_indices) "
-            "as transformers >= 5 routers do; set moe.telemetry: false (replay and aux loss need it too)"
-        )
-    return output
 
 
 def attach_router_control(model: torch.nn.Module, cfg) -> RouterControl:
     """Find the routers of ``model`` (peft-wrapped or not) and hook them as ``cfg`` (``MoEConfig``) asks."""
     sites = find_routers(model)
-    wants = [k for k, on in (("routing_replay", cfg.routing_replay), ("freeze_router", cfg.freeze_router),
-                             ("router_aux_loss_coef", cfg.router_aux_loss_coef > 0)) if on]  # fmt: skip
+    wants = [
+        k
+        for k, on in (
+            ("routing_replay", cfg.routing_replay),
+            ("freeze_router", cfg.freeze_router),
+            ("router_aux_loss_coef", cfg.router_aux_loss_coef > 0),
+        )
+        if on
+    ]
     if not sites:
         if wants:
             raise ValueError(f"moe.{wants[0]}: {type(model).__name__} has no MoE routers (is it a dense model?)")

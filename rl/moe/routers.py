@@ -84,19 +84,19 @@ def _softmax_family(name: str, *, always_norm: bool = False) -> RouterFamily:
 
 def _deepseek_weights(router, logits_NE, idx_NK):
     return sigmoid_topk_weights(
-        logits_NE, idx_NK, norm_topk_prob=bool(router.norm_topk_prob),
+        logits_NE,
+        idx_NK,
+        norm_topk_prob=bool(router.norm_topk_prob),
         routed_scaling_factor=float(router.routed_scaling_factor),
-    )  # fmt: skip
+    )
 
 
-for _cls, _family in [
-    ("Qwen2MoeTopKRouter", _softmax_family("qwen2_moe")),
-    ("Qwen3MoeTopKRouter", _softmax_family("qwen3_moe")),
-    ("OlmoeTopKRouter", _softmax_family("olmoe")),
-    ("MixtralTopKRouter", _softmax_family("mixtral", always_norm=True)),
-    ("DeepseekV3TopkRouter", RouterFamily("deepseek_v3", _deepseek_weights, normalised_sigmoid_probs)),
-]:
-    ROUTER_FAMILIES.add(_cls, _family)
+# Router class name -> family (values, not functions: registered with add, one line each)
+ROUTER_FAMILIES.add("Qwen2MoeTopKRouter", _softmax_family("qwen2_moe"))
+ROUTER_FAMILIES.add("Qwen3MoeTopKRouter", _softmax_family("qwen3_moe"))
+ROUTER_FAMILIES.add("OlmoeTopKRouter", _softmax_family("olmoe"))
+ROUTER_FAMILIES.add("MixtralTopKRouter", _softmax_family("mixtral", always_norm=True))
+ROUTER_FAMILIES.add("DeepseekV3TopkRouter", RouterFamily("deepseek_v3", _deepseek_weights, normalised_sigmoid_probs))
 
 
 @dataclass

@@ -185,9 +185,14 @@ class Trackers:
 
 
 def open_trackers(
-    names: Sequence[str], run_dir: str | Path, config: dict[str, Any], *, project: str = "r1kit",
-    run_name: str | None = None, start_step: int = 0,
-) -> Trackers:  # fmt: skip
+    names: Sequence[str],
+    run_dir: str | Path,
+    config: dict[str, Any],
+    *,
+    project: str = "r1kit",
+    run_name: str | None = None,
+    start_step: int = 0,
+) -> Trackers:
     """Start every tracker in ``names`` (all imports happen here, so a missing library fails before training)."""
     run_dir = Path(run_dir)
     ctx = TrackerContext(run_dir, project, run_name or run_dir.resolve().name, config, start_step)

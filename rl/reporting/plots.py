@@ -120,15 +120,29 @@ def _keep_scale(ax, y: pd.Series) -> None:
 def _curve(ax, y: pd.Series, color: str) -> None:
     """Raw per-step values (thin, with markers while they are few) under the smoothed curve (thick)."""
     y = y.astype(float)
-    ax.plot(y.index, y.values, color=color, alpha=0.35, lw=1, marker="o" if len(y) <= 60 else None, ms=3,
-            label="raw (per step)")  # fmt: skip
+    ax.plot(
+        y.index,
+        y.values,
+        color=color,
+        alpha=0.35,
+        lw=1,
+        marker="o" if len(y) <= 60 else None,
+        ms=3,
+        label="raw (per step)",
+    )
     ax.plot(y.index, smooth(y).values, color=color, lw=2.5, label="smoothed (EMA)")
 
 
 def _panel(
-    ax, y: pd.Series, *, title: str, ylabel: str, higher_is_better: bool | None, color: str = "C0",
+    ax,
+    y: pd.Series,
+    *,
+    title: str,
+    ylabel: str,
+    higher_is_better: bool | None,
+    color: str = "C0",
     fraction: bool = False,
-) -> None:  # fmt: skip
+) -> None:
     _curve(ax, y, color)
     text, title_color = _trend(y, higher_is_better)
     first = smooth(y).dropna()
@@ -192,16 +206,29 @@ def length_figure(df: pd.DataFrame) -> Figure:
         axes[0].plot(df.index, df["completion_len_max"], color="C1", ls="--", lw=1, label="longest completion")
         axes[0].legend(fontsize=8, loc="best")
     if has_trunc:
-        _panel(axes[1], df["truncated_frac"], title="truncated (hit max_new_tokens)", ylabel="fraction",
-               higher_is_better=False, color="C3", fraction=True)  # fmt: skip
+        _panel(
+            axes[1],
+            df["truncated_frac"],
+            title="truncated (hit max_new_tokens)",
+            ylabel="fraction",
+            higher_is_better=False,
+            color="C3",
+            fraction=True,
+        )
     fig.suptitle("Completion length", fontsize=13)
     return fig
 
 
 def metric_figure(
-    df: pd.DataFrame, key: str, *, title: str, ylabel: str, higher_is_better: bool | None = None,
-    fraction: bool = False, why_constant: str | None = None,
-) -> Figure:  # fmt: skip
+    df: pd.DataFrame,
+    key: str,
+    *,
+    title: str,
+    ylabel: str,
+    higher_is_better: bool | None = None,
+    fraction: bool = False,
+    why_constant: str | None = None,
+) -> Figure:
     """One metric's curve; a metric that never changed gets a sentence saying so (and why, when known by
     construction) instead of a flat line that reads like a measurement."""
     fig = Figure(figsize=(7, 3.6), layout="constrained")
@@ -212,8 +239,16 @@ def metric_figure(
         return fig
     ax.set_title(f"{title}: {value:.3g} at every step", color=FLAT, fontsize=11, fontweight="bold")
     text = f"{key} = {value:.3g} on all {int(df[key].notna().sum())} logged steps"
-    ax.text(0.5, 0.5, text + (f"\n{why_constant}" if why_constant else ""), ha="center", va="center",
-            wrap=True, fontsize=10, transform=ax.transAxes)  # fmt: skip
+    ax.text(
+        0.5,
+        0.5,
+        text + (f"\n{why_constant}" if why_constant else ""),
+        ha="center",
+        va="center",
+        wrap=True,
+        fontsize=10,
+        transform=ax.transAxes,
+    )
     ax.set_axis_off()
     return fig
 
@@ -260,8 +295,9 @@ def expert_load_figure(df: pd.DataFrame) -> Figure:
     vmax = max(2.0, float(np.nanmax([np.nanmax(m) for m in mats])))
     norm = TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=vmax)
     n_layers, n_exp = mats[-1].shape
-    fig = Figure(figsize=(max(5.0, 0.45 * n_exp + 2.5) * len(steps), max(3.0, 0.4 * n_layers + 1.8)),
-                 layout="constrained")  # fmt: skip
+    fig = Figure(
+        figsize=(max(5.0, 0.45 * n_exp + 2.5) * len(steps), max(3.0, 0.4 * n_layers + 1.8)), layout="constrained"
+    )
     axes = fig.subplots(1, len(steps), squeeze=False)[0]
     for ax, step, m in zip(axes, steps, mats, strict=True):
         im = ax.imshow(m, cmap="RdBu_r", norm=norm, aspect="auto", interpolation="nearest")
@@ -315,8 +351,15 @@ def figures(run_dir: str | Path) -> tuple[dict[str, Figure], dict[str, str]]:
         skipped["completion_length"] = "no completion_len metric"
     for name, (key, title, ylabel, better, fraction) in SCALAR_PLOTS.items():
         if key in df and df[key].notna().any():
-            figs[name] = metric_figure(df, key, title=title, ylabel=ylabel, higher_is_better=better,
-                                       fraction=fraction, why_constant=why_constant(key, config))  # fmt: skip
+            figs[name] = metric_figure(
+                df,
+                key,
+                title=title,
+                ylabel=ylabel,
+                higher_is_better=better,
+                fraction=fraction,
+                why_constant=why_constant(key, config),
+            )
         else:
             skipped[name] = f"{key!r} not logged" + (" (algorithm.beta = 0: no KL term)" if key == "kl" else "")
     if EXPERT_LOAD in df and df[EXPERT_LOAD].notna().any():

@@ -1,4 +1,5 @@
-"""DAPO's batch shaping (Yu et al. 2025): dynamic sampling and overlong filtering.
+"""Collecting a step's groups (``collect_groups``: sample, score, and with dynamic sampling sample again), and DAPO's
+batch shaping (Yu et al. 2025): dynamic sampling and overlong filtering.
 
 Dynamic sampling (DAPO §3.2, the constraint ``0 < |{o_i : correct}| < G`` of eq. 11): a group whose rewards are all
 equal has zero group-relative advantage, so it adds no gradient but still dilutes the batch. Such groups are
@@ -15,12 +16,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from core.metrics import Max
 from rewards.scoring import RewardScores
 from rollouts.records import RolloutBatch
 
@@ -73,26 +75,20 @@ def mask_rows(mask_BT: torch.Tensor, drop_B: torch.Tensor) -> torch.Tensor:
     return mask_BT * (~drop_B.to(mask_BT.device)).unsqueeze(-1).to(mask_BT.dtype)
 
 
-def concat_scores(parts: Sequence[RewardScores]) -> RewardScores:
-    """One ``RewardScores`` for several rounds' batches, rows in round order."""
-    labels = list(parts[0].values)
-    return RewardScores(
-        values={k: [v for p in parts for v in p.values[k]] for k in labels},
-        info={k: [v for p in parts for v in p.info[k]] for k in labels},
-        errors={k: sum(p.errors[k] for p in parts) for k in labels},
-        total=[v for p in parts for v in p.total],
-    )
-
-
 @dataclass
-class Sampled:
+class CollectedGroups:
     """Every completion sampled in a step (all rounds) and which rows the step trains on."""
 
     batch: RolloutBatch
+    """Every sampled completion, rounds in order, each group's completions together."""
     scores: RewardScores
+    """Their reward verdicts, rows as ``batch``."""
     reward_B: torch.Tensor
+    """Their total rewards (NaN = every reward abstained)."""
     keep_B: torch.Tensor
+    """bool: the rows of the groups the step trains on (all of them without dynamic sampling)."""
     metrics: dict[str, Any] = field(default_factory=dict)
+    """The collection's metrics, with their reductions over processes declared (``core.metrics``)."""
 
     @property
     def kept(self) -> RolloutBatch:
@@ -106,7 +102,7 @@ def collect_groups(
     prompts: int,
     dynamic: bool,
     max_rounds: int,
-) -> Sampled:
+) -> CollectedGroups:
     """Sample ``prompts`` groups (one round) or, with ``dynamic``, keep sampling until that many informative groups.
 
     ``generate(n)`` samples n prompts' groups with run-unique group ids; ``score(batch)`` returns its scores and
@@ -136,17 +132,19 @@ def collect_groups(
         n = next_round_prompts(prompts - kept, kept=kept, sampled=sampled, cap=prompts)
     batch = RolloutBatch([c for x in batches for c in x.completions])
     reward_B, group_B = torch.cat(rewards), torch.tensor(batch.group_ids)
-    metrics: dict[str, Any] = {"time/generate": t_gen, "time/reward": t_rew}
+    metrics: dict[str, Any] = {"time/generate": Max(t_gen), "time/reward": Max(t_rew)}  # the slowest process
     if not dynamic:
-        return Sampled(batch, scores[0], reward_B, torch.ones_like(group_B, dtype=torch.bool), metrics)
+        return CollectedGroups(batch, scores[0], reward_B, torch.ones_like(group_B, dtype=torch.bool), metrics)
     keep_B = select_groups(reward_B, group_B, need=prompts)
     if not keep_B.any():  # nothing informative at all: train on everything (zero advantages, as without filtering)
         keep_B = torch.ones_like(keep_B)
     sampled = len(set(batch.group_ids))
-    metrics.update({
-        "dynamic_sampling/rounds": rounds,
-        "dynamic_sampling/dropped_groups": sampled - kept,
-        "dynamic_sampling/surplus_groups": max(kept - prompts, 0),
-        "dynamic_sampling/missing_groups": max(prompts - kept, 0),
-    })  # fmt: skip
-    return Sampled(batch, concat_scores(scores), reward_B, keep_B, metrics)
+    metrics.update(
+        {
+            "dynamic_sampling/rounds": rounds,
+            "dynamic_sampling/dropped_groups": sampled - kept,
+            "dynamic_sampling/surplus_groups": max(kept - prompts, 0),
+            "dynamic_sampling/missing_groups": max(prompts - kept, 0),
+        }
+    )
+    return CollectedGroups(batch, RewardScores.concat(scores), reward_B, keep_B, metrics)

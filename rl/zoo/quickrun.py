@@ -1,6 +1,6 @@
 """A run directory to look at: ``$R1KIT_RUN`` if set, else a few steps of the tiny recipe trained on the spot.
 
-The notebooks start with ``run_dir = quickrun.run_dir_from_env()`` so they work on your run and, headless in CI,
+The notebooks start with ``run_dir = run_dir_from_env()`` so they work on your run and, headless in CI,
 on a fresh one. The tiny run goes through the ``r1kit train`` command line, exactly as a user would start it.
 """
 
@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_RECIPE = REPO_ROOT / "recipes" / "r1_zero_tiny.yaml"
 # A smaller batch than the recipe's (2 prompts x 8 instead of 8 x 8): enough rows to inspect, seconds per step.
 FAST = ("algorithm.batch_size=16", "logging.progress=false", "logging.save_every=0")

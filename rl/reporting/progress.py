@@ -25,8 +25,11 @@ def fmt(v: Any) -> str:
 
 def live_line(metrics: Mapping[str, Any]) -> str:
     """A one-line digest of a step: each reward's mean first, then the usual health numbers."""
-    parts = [f"{k.removeprefix('reward/')}={fmt(v)}" for k, v in metrics.items()
-             if k.startswith("reward/") and k.count("/") == 1]  # fmt: skip
+    parts = [
+        f"{k.removeprefix('reward/')}={fmt(v)}"
+        for k, v in metrics.items()
+        if k.startswith("reward/") and k.count("/") == 1
+    ]
     parts += [f"{k}={fmt(metrics[k])}" for k in LIVE_KEYS if k in metrics]
     return " ".join(parts)
 
@@ -34,10 +37,15 @@ def live_line(metrics: Mapping[str, Any]) -> str:
 class StepProgress:
     def __init__(self, total: int, start: int, enabled: bool = True) -> None:
         self.progress = Progress(
-            TextColumn("[bold]GRPO"), BarColumn(bar_width=20), MofNCompleteColumn(), TimeElapsedColumn(),
-            TimeRemainingColumn(), TextColumn("{task.fields[line]}"), console=console,
+            TextColumn("[bold]GRPO"),
+            BarColumn(bar_width=20),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[line]}"),
+            console=console,
             disable=not enabled or not console.is_terminal,  # no live bar in a log file: plain lines (update)
-        )  # fmt: skip
+        )
         self.task = self.progress.add_task("train", total=total, completed=start, line="")
         self.enabled = enabled
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from rewards.scoring import RewardScores
-from rl.dapo import collect_groups, informative_groups, mask_rows, select_groups
+from rewards.scoring import RewardColumn, RewardScores
+from rl.groups import collect_groups, informative_groups, mask_rows, select_groups
 from rollouts.records import Completion, Prompt, RolloutBatch
 
 NAN = float("nan")
@@ -51,7 +51,7 @@ class FakeRollouts:
     @staticmethod
     def score(batch: RolloutBatch) -> tuple[RewardScores, torch.Tensor]:
         vals = [float(c.text) for c in batch.completions]
-        scores = RewardScores({"acc": vals}, {"acc": [{}] * len(vals)}, {"acc": 0}, vals)
+        scores = RewardScores.weighted([RewardColumn("acc", tuple(vals), ({},) * len(vals))], {"acc": 1.0})
         return scores, torch.tensor(vals)
 
 
@@ -104,13 +104,22 @@ def test_trainer_step_with_dynamic_sampling_and_overlong_filtering(tiny_random_m
         None,
         [
             f"model.name_or_path={tiny_random_model_dir('qwen3_moe')}",
-            "data.task=arith", "data.num_train=64", "data.num_eval=0", "rollout.max_new_tokens=10",
-            "algorithm.num_generations=4", "algorithm.batch_size=8", "algorithm.loss=dapo",
-            "algorithm.dynamic_sampling=true", "algorithm.max_sampling_rounds=3", "algorithm.mask_truncated=true",
+            "data.task=arith",
+            "data.num_train=64",
+            "data.num_eval=0",
+            "rollout.max_new_tokens=10",
+            "algorithm.num_generations=4",
+            "algorithm.batch_size=8",
+            "algorithm.loss=dapo",
+            "algorithm.dynamic_sampling=true",
+            "algorithm.max_sampling_rounds=3",
+            "algorithm.mask_truncated=true",
             f"rewards.rules=[{{name: '{Path(__file__)}:has_seven'}}]",
-            "training.max_steps=1", "training.torch_threads=2", "logging.progress=false",
+            "training.max_steps=1",
+            "training.torch_threads=2",
+            "logging.progress=false",
         ],
-    )  # fmt: skip
+    )
     trainer = GRPOTrainer(cfg, tmp_path)
     m = trainer.train_step()
     assert 1 <= m["dynamic_sampling/rounds"] <= 3

@@ -1,0 +1,119 @@
+"""The one place where training-side forwards run: the policy's gradient forward, the old policy's and the
+reference's no-grad forwards.
+
+``PolicyForward`` chooses the layout (``rl.logprobs``: packed, shared prompts or padded), returns the completion
+log-probabilities and, when asked, the routers' outputs as data (``rl.moe.capture.Routing``, mapped back to the
+batch's (row, position) coordinates through the packing). Router telemetry, the load-balancing loss and routing
+replay consume that data or hand experts in (``rl.moe.control``); nothing else hooks the model, and nothing
+forces a layout from outside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from core.registry import Registry
+from rl.logprobs import can_pack, pack, packed_logprobs, padded_logprobs, shared_prompt_logprobs
+from rl.moe.capture import Routing, TokenMap, capture_routing
+from rl.moe.routers import RouterSite
+from rollouts.records import SequenceTensors
+
+LAYOUTS: Registry[Callable[[SequenceTensors], Prepared]] = Registry("forward layout")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch laid out for one forward: where its tokens go (for router outputs) and the forward itself."""
+
+    tokens: TokenMap
+    logprobs: Callable[[torch.nn.Module, float], torch.Tensor]  # (model, temperature) -> logp_BT
+
+
+@LAYOUTS.register("packed")
+def _packed(seq: SequenceTensors) -> Prepared:
+    """Real tokens only, one row (``rl.logprobs.packed_logprobs``)."""
+    packing = pack(seq)
+    return Prepared(packing.tokens, lambda m, t: packed_logprobs(m, seq, temperature=t, packing=packing)[0])
+
+
+@LAYOUTS.register("shared")
+def _shared(seq: SequenceTensors) -> Prepared:
+    """Each distinct prompt once, completions attending to its KV cache; the padded forward when no prompt
+    repeats. Two passes per layer: never used when router outputs are wanted."""
+
+    def run(model: torch.nn.Module, t: float) -> torch.Tensor:
+        shared = shared_prompt_logprobs(model, seq, temperature=t)
+        return shared[0] if shared is not None else _padded(seq).logprobs(model, t)
+
+    return Prepared(TokenMap.padded(seq.attention_mask_BL), run)
+
+
+@LAYOUTS.register("padded")
+def _padded(seq: SequenceTensors) -> Prepared:
+    """Every row's prompt and completion, padded: the reference."""
+    run = lambda m, t: padded_logprobs(m, seq, temperature=t)[0]  # noqa: E731
+    return Prepared(TokenMap.padded(seq.attention_mask_BL), run)
+
+
+@dataclass(frozen=True)
+class ForwardOut:
+    logp_BT: torch.Tensor
+    """Log-probabilities of the completion tokens, 0 at padding."""
+    routing: Routing | None
+    """Every MoE layer's routing (None unless asked for)."""
+    layout: str
+    """The layout that ran (a ``LAYOUTS`` name)."""
+
+
+class PolicyForward:
+    """Log-probabilities (and router outputs) of a batch under a model, in the fastest layout that computes the same
+    thing.
+
+    ``single_forward``: the model is wrapped by DDP/FSDP, which expect one forward per backward; the shared-prompt
+    layout runs two. The packed layout is also left out there until issue 16 measures it under FSDP2: the
+    distributed tests compare the padded forward across world sizes.
+    """
+
+    def __init__(self, sites: list[RouterSite], *, temperature: float, single_forward: bool = False) -> None:
+        self.sites, self.temperature, self.single_forward = sites, temperature, single_forward
+
+    def layout(self, model: torch.nn.Module, *, routing: bool) -> str:
+        """``packed`` where the model allows it; else ``shared`` (each prompt once, attending to its KV cache),
+        except when router outputs are wanted (its two passes split each layer's tokens) ; else ``padded``.
+        Activation checkpointing re-runs layers during backward, outside this call: the packed attention is no
+        longer selected then, and layers turn the KV cache off, so it takes the padded layout."""
+        checkpointing = any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+        if self.single_forward or checkpointing:
+            return "padded"
+        if can_pack(model):
+            return "packed"
+        return "padded" if routing else "shared"
+
+    @contextlib.contextmanager
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        seq: SequenceTensors,
+        *,
+        routing: bool = False,
+        replay_BLK: dict[int, torch.Tensor] | None = None,
+        layout: str | None = None,
+    ) -> Iterator[ForwardOut]:
+        """Run the forward on entering; stay inside through ``backward()`` (routers re-run under gradient
+        checkpointing replay the same experts). ``replay_BLK`` hands in each MoE layer's experts at every (row,
+        position) of ``seq``. ``layout``: a ``LAYOUTS`` name instead of the choice of ``self.layout`` (the
+        reference-vs-fast tests run ``padded``)."""
+        routing = routing or replay_BLK is not None
+        layout = layout or self.layout(model, routing=routing and bool(self.sites))
+        prepared = LAYOUTS.get(layout)(seq)
+        capture = (
+            capture_routing(self.sites, prepared.tokens, replay_BLK=replay_BLK)
+            if routing and self.sites
+            else contextlib.nullcontext()
+        )
+        with capture as captured:
+            yield ForwardOut(prepared.logprobs(model, self.temperature), captured, layout)
