@@ -5,6 +5,12 @@ scheduler state, one RNG-state file per process (``rng-rank{r}.pt``) and the tra
 base accuracy). It is written into a
 temporary sibling, fsynced, and renamed into place: a SIGKILL at any moment leaves either the complete new
 checkpoint or none, and the previous one untouched.
+
+Sharded weights (FSDP, ZeRO-3) are gathered into full tensors before saving (``Dist.full_state_dict``), and each
+process writes its own optimizer shard. ``torch.distributed.checkpoint`` (each rank writes its shards, no gather,
+resharding on load) is the library that should replace this for sharded runs; it waits for FSDP2 to actually run
+here (issue 16), where the two can be measured against each other. For one process and DDP the weights are whole
+anyway and a single safetensors file is what people load elsewhere.
 """
 
 from __future__ import annotations
