@@ -210,7 +210,8 @@ class AlgorithmConfig:
     beta: float = 0.0
     """KL coefficient to the reference model; 0 loads no reference (DAPO, Dr. GRPO)."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    """Per-token KL estimator (k3 is GRPO's)."""
+    """Per-token KL estimator for the ``beta`` loss term (``rl.kl``): k3 (GRPO's, the forward KL's gradient) or k2
+    (the reverse KL's gradient); k1's gradient is zero in expectation, so it is refused when ``beta > 0``."""
     dynamic_sampling: bool = False
     """DAPO dynamic sampling: drop groups whose rewards are all equal (zero advantage) and sample more prompts until
     the batch holds batch_size / num_generations informative groups (reward metrics still cover every group)."""
@@ -245,6 +246,7 @@ class AlgorithmConfig:
         Kept out of ``__post_init__`` and run last (``RecipeConfig``): the registries import torch, and every other
         mistake in a recipe is reported without it."""
         from rl.advantages import ADVANTAGES, STD_SCALES
+        from rl.kl import KL_ESTIMATORS
         from rl.losses import LOSSES
 
         _check(self.loss in LOSSES, f"algorithm.loss: unknown {self.loss!r}; known: {LOSSES.names()}")
@@ -258,6 +260,13 @@ class AlgorithmConfig:
         _check(
             self.advantage in ADVANTAGES,
             f"algorithm.advantage: unknown {self.advantage!r}; known: {ADVANTAGES.names()}",
+        )
+        usable = [k for k in KL_ESTIMATORS.names() if KL_ESTIMATORS.get(k).loss_gradient is not None]
+        _check(
+            self.beta == 0 or KL_ESTIMATORS.get(self.kl_estimator).loss_gradient is not None,
+            f"algorithm.kl_estimator: {self.kl_estimator!r} has zero expected gradient as a loss term (rl/kl.py): "
+            f"beta = {self.beta} does not regularise; use one of {usable} (k3 is GRPO's; k2 gives the reverse "
+            "KL's gradient)",
         )
         s = self.std_scale
         _check(s in STD_SCALES, f"algorithm.std_scale: unknown {s!r}; known: {STD_SCALES.names()}")

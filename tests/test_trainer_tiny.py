@@ -218,3 +218,52 @@ def test_bf16_autocast_over_float32_weights(tiny_random_model_dir, tmp_path):
     hook.remove()
     assert torch.bfloat16 in seen, "the training forward must run under bf16 autocast"
     assert math.isfinite(metrics["loss"]) and all(p.dtype == torch.float32 for p in trainer.params)
+
+
+def _user_token_mean(logp_BT, old_logp_BT, adv_B, mask_BT, *, kl_BT, beta, max_len):
+    """A user's loss: the plain policy-gradient surrogate, averaged over every token of the batch."""
+    loss_BT = -(logp_BT - old_logp_BT.detach()).exp() * adv_B[:, None]
+    return (loss_BT * mask_BT).sum() / mask_BT.sum().clamp(min=1), {}
+
+
+def _update_grads(model_dir, tmp_path, loss: str, micro: int) -> dict[str, torch.Tensor]:
+    """The gradients of one ``_update`` over 8 completions of uneven lengths, in micro-batches of ``micro``."""
+    from rollouts.records import Completion, Prompt, to_tensors
+
+    cfg = _cfg(model_dir, "model.finetune=full", f"algorithm.loss={loss}", f"training.micro_batch_size={micro}")
+    trainer = GRPOTrainer(cfg, tmp_path / f"{loss}-{micro}")
+    g = torch.Generator().manual_seed(0)
+    vocab = trainer.policy.model.config.vocab_size
+    rows = [
+        Completion(
+            i // 4, Prompt(str(i // 4), ""), [5, 6, 7], torch.randint(10, vocab, (n,), generator=g).tolist(), "", "eos"
+        )
+        for i, n in enumerate([12, 3, 7, 1, 10, 5, 2, 9])
+    ]
+    seq = to_tensors(rows, trainer.policy.tokenizer.pad_token_id)
+    grads = []
+    optimizer = trainer.optimizer.optimizer  # accelerate wraps it
+    named = list(trainer.policy.model.named_parameters())
+    optimizer.register_step_pre_hook(
+        lambda *_: grads.append({n: p.grad.clone() for n, p in named if p.grad is not None})
+    )
+    trainer._update(seq, torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 0.25, -0.25]))
+    return grads[0]
+
+
+def test_a_user_registered_token_mean_loss_is_normalised_as_declared(tiny_random_model_dir, tmp_path):
+    """Micro-batches are weighted by the normaliser the loss declares: declared ``tokens``, a token-mean loss
+    accumulated over micro-batches of 2 gives the full-batch gradient; the same function declared ``rows`` does
+    not (the declaration, not the name, decides)."""
+    from rl.losses import LOSSES, policy_loss
+
+    if "test_user_token_mean" not in LOSSES:
+        policy_loss("test_user_token_mean", normaliser="tokens", default_clip=None)(_user_token_mean)
+        policy_loss("test_user_token_mean_as_rows", normaliser="rows", default_clip=None)(_user_token_mean)
+    model_dir = tiny_random_model_dir("qwen3_moe")
+    full = _update_grads(model_dir, tmp_path, "test_user_token_mean", micro=8)
+    split = _update_grads(model_dir, tmp_path, "test_user_token_mean", micro=2)
+    for n in full:
+        torch.testing.assert_close(split[n], full[n], atol=1e-6, rtol=1e-4, msg=n)
+    wrong = _update_grads(model_dir, tmp_path, "test_user_token_mean_as_rows", micro=2)
+    assert any(not torch.allclose(wrong[n], full[n], atol=1e-6, rtol=1e-4) for n in full)
