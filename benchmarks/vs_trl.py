@@ -27,12 +27,17 @@ What maps to what (everything not listed is off in both or equal by default)::
                                             bf16=True would autocast float32 weights to bf16, on CPU too)
     training.device (--device)              use_cpu = (--device == cpu)
     moe.router_aux_loss_coef = 0            router_aux_loss_coef = 0.0
-    moe.telemetry = false                   (TRL logs no routing statistics)
+    moe.telemetry = true (its default)      (TRL computes no routing statistics: r1kit does more; --no-telemetry)
+    (no activation checkpointing: default)  gradient_checkpointing = False (TRL's default is True)
     logging.rollouts_every = 0              log_completions = False (neither stores the step's completions)
     training.lr, adam_betas, max_grad_norm  learning_rate, adam_beta1/2, max_grad_norm; constant schedule, no warmup
     rewards.rules (names + weights)         reward_funcs (the same r1kit objects) + reward_weights
     torch.set_num_threads(--threads)        the same, in its own process
     rollout.torch_threads (--sample-threads) (no TRL setting: r1kit's threads while sampling, within --threads)
+
+``--defaults`` instead runs each engine on its own defaults apart from the task (model, data, rewards, G, batch,
+completion length, steps): r1kit's LoRA at its LR and TRL's full fine-tuning at 1e-6 with bf16 autocast and
+activation checkpointing, for example. That is what a new user of each gets, not a comparison of equal work.
 
 Usage: ``python benchmarks/vs_trl.py [--model tiny://deepseek_v3/arith --repeats 4 --threads 1 --json out.json]``.
 On a GPU, a few-hundred-million-parameter MoE from config, bf16 (rewards carry no signal with random weights)::
@@ -117,6 +122,23 @@ def parse_args(argv=None) -> argparse.Namespace:
         "CPU too, while r1kit stays in --dtype. NOT equal settings: for comparing the two as a new user "
         "would run them",
     )
+    p.add_argument(
+        "--trl-gradient-checkpointing",
+        action="store_true",
+        help="leave TRL's default activation checkpointing on (GRPOConfig(gradient_checkpointing=True)); r1kit "
+        "has none. NOT equal settings: it shows what that default costs TRL",
+    )
+    p.add_argument(
+        "--no-telemetry",
+        action="store_true",
+        help="turn r1kit's router telemetry off (on by default, as in every recipe; TRL computes none)",
+    )
+    p.add_argument(
+        "--defaults",
+        action="store_true",
+        help="each engine on its own defaults apart from the task (model, data, rewards, G, batch, completion "
+        "length, steps): what a new user of each gets. NOT equal settings",
+    )
     p.add_argument("--engines", default="r1kit,trl", help="comma-separated subset of r1kit,trl")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out greedy evaluation after training")
     p.add_argument("--json", type=Path, help="also write the JSON here")
@@ -126,7 +148,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def settings(a: argparse.Namespace) -> dict:
-    return {
+    task = {
+        "mode": "defaults" if a.defaults else "equal",
         "model": a.model,
         "steps": a.steps,
         "warmup_steps_untimed": a.warmup,
@@ -136,6 +159,13 @@ def settings(a: argparse.Namespace) -> dict:
         "num_generations": a.num_generations,
         "batch_size": a.prompts * a.num_generations,
         "max_new_tokens": a.max_new_tokens,
+        "rewards": REWARD_RULES,
+        "threads": a.threads,
+        "device": a.device,
+    }
+    if a.defaults:  # everything else is each engine's own default
+        return task | {"r1kit_telemetry": True, "trl_gradient_checkpointing": True, "trl_bf16_autocast": True}
+    return task | {
         "temperature": a.temperature,
         "top_p": a.top_p,
         "top_k": a.top_k,
@@ -149,11 +179,10 @@ def settings(a: argparse.Namespace) -> dict:
         "adam_betas": [0.9, 0.999],
         "max_grad_norm": 1.0,
         "lr_schedule": "constant",
-        "rewards": REWARD_RULES,
-        "threads": a.threads,
         "r1kit_sample_threads": a.sample_threads or a.threads,
-        "device": a.device,
         "dtype": a.dtype,
+        "r1kit_telemetry": not a.no_telemetry,
+        "trl_gradient_checkpointing": a.trl_gradient_checkpointing,
         "trl_default_autocast": a.trl_default_autocast,
     }
 
@@ -183,40 +212,46 @@ def r1kit_recipe(a: argparse.Namespace, out_dir: str):
     from rl.config import load_recipe
 
     rules = ", ".join(f"{{name: {n}, weight: {w}}}" for n, w in REWARD_RULES)
+    task = [
+        f"model.name_or_path={a.model}",
+        "data.task=arith",
+        "data.template=qa",
+        f"data.num_eval={NUM_EVAL}",
+        f"data.seed={EVAL_SEED}",
+        f"rollout.max_new_tokens={a.max_new_tokens}",
+        f"algorithm.num_generations={a.num_generations}",
+        f"algorithm.batch_size={a.prompts * a.num_generations}",
+        f"rewards.rules=[{rules}]",
+        f"training.seed={a.seed}",
+        f"training.torch_threads={a.threads}",
+        f"training.device={a.device}",
+        "logging.progress=false",
+        f"logging.output_dir={out_dir}",
+    ]
+    if a.defaults:
+        return load_recipe(None, task)
     return load_recipe(
         None,
         [
-            f"model.name_or_path={a.model}",
+            *task,
             "model.finetune=full",
-            "data.task=arith",
-            "data.template=qa",
-            f"data.num_eval={NUM_EVAL}",
-            f"data.seed={EVAL_SEED}",
-            f"rollout.max_new_tokens={a.max_new_tokens}",
             f"rollout.temperature={a.temperature}",
             f"rollout.top_p={a.top_p}",
             f"rollout.top_k={a.top_k}",
-            f"algorithm.num_generations={a.num_generations}",
-            f"algorithm.batch_size={a.prompts * a.num_generations}",
             f"algorithm.loss={a.loss}",
             "algorithm.beta=0.0",
             "algorithm.num_iterations=1",
             "algorithm.std_scale=group",
-            f"rewards.rules=[{rules}]",
             f"training.lr={a.lr}",
             "training.adam_betas=[0.9, 0.999]",
             "training.max_grad_norm=1.0",
             "training.warmup_steps=0",
             "training.lr_schedule=constant",
-            f"training.seed={a.seed}",
-            f"training.torch_threads={a.threads}",
             f"rollout.torch_threads={a.sample_threads or 'null'}",
-            f"training.device={a.device}",
             f"model.dtype={a.dtype}",
-            "moe.telemetry=false",  # TRL computes no routing telemetry
+            # r1kit's default (TRL computes no routing telemetry): r1kit does the extra work
+            f"moe.telemetry={str(not a.no_telemetry).lower()}",
             "logging.rollouts_every=0",  # TRL (log_completions=False) stores no completions
-            "logging.progress=false",
-            f"logging.output_dir={out_dir}",
         ],
     )
 
@@ -302,19 +337,48 @@ def run_trl(a: argparse.Namespace) -> dict:
                 }
             )
 
-    args = GRPOConfig(
+    task = dict(
         output_dir=tempfile.mkdtemp(prefix="vs_trl_trl_"),
         use_cpu=a.device == "cpu",
-        # GRPOConfig turns bf16 autocast on by default (on CPU too): equal settings means the weights' dtype only
-        bf16=a.dtype == "bfloat16" or a.trl_default_autocast,
-        fp16=False,
         seed=a.seed,
         data_seed=a.seed,
         per_device_train_batch_size=a.prompts * a.num_generations,
-        gradient_accumulation_steps=1,
         num_generations=a.num_generations,
         max_completion_length=a.max_new_tokens,
         max_steps=a.steps,
+        shuffle_dataset=False,
+        reward_weights=[w for _, w in REWARD_RULES],
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    args = GRPOConfig(**task) if a.defaults else equal_trl_config(a, task)
+    funcs = [recording(n, REWARDS.get(n)) for n, _ in REWARD_RULES]
+    trainer = GRPOTrainer(
+        model=model, processing_class=tok, reward_funcs=funcs, args=args, train_dataset=data, callbacks=[StepTimer()]
+    )
+    trainer.train()
+    peak = peak_rss_mb()
+    gpu_peak = peak_gpu_mb()
+    ev = None if a.no_eval else evaluate_like_r1kit(a, model, tok)
+    return {"steps": steps, "peak_rss_mb": peak, "peak_gpu_mb": gpu_peak, "eval_accuracy": ev}
+
+
+def equal_trl_config(a: argparse.Namespace, task: dict):
+    """TRL's GRPOConfig at r1kit's settings: every TRL default that differs is set here (and listed in the module
+    docstring)."""
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        **task,
+        # GRPOConfig turns bf16 autocast on by default (on CPU too): equal settings means the weights' dtype only
+        bf16=a.dtype == "bfloat16" or a.trl_default_autocast,
+        fp16=False,
+        # GRPOConfig turns activation checkpointing on by default; r1kit's default is off
+        gradient_checkpointing=a.trl_gradient_checkpointing,
+        gradient_accumulation_steps=1,
         temperature=a.temperature,
         top_p=a.top_p,
         top_k=a.top_k,
@@ -333,23 +397,7 @@ def run_trl(a: argparse.Namespace) -> dict:
         scale_rewards="group",
         use_vllm=False,
         router_aux_loss_coef=0.0,
-        shuffle_dataset=False,
-        reward_weights=[w for _, w in REWARD_RULES],
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
     )
-    funcs = [recording(n, REWARDS.get(n)) for n, _ in REWARD_RULES]
-    trainer = GRPOTrainer(
-        model=model, processing_class=tok, reward_funcs=funcs, args=args, train_dataset=data, callbacks=[StepTimer()]
-    )
-    trainer.train()
-    peak = peak_rss_mb()
-    gpu_peak = peak_gpu_mb()
-    ev = None if a.no_eval else evaluate_like_r1kit(a, model, tok)
-    return {"steps": steps, "peak_rss_mb": peak, "peak_gpu_mb": gpu_peak, "eval_accuracy": ev}
 
 
 def same_random_state(seed: int) -> None:
@@ -460,6 +508,9 @@ def _forwarded(a: argparse.Namespace) -> list[str]:
         + ([] if a.sample_threads is None else ["--sample-threads", str(a.sample_threads)])
         + (["--no-eval"] if a.no_eval else [])
         + (["--trl-default-autocast"] if a.trl_default_autocast else [])
+        + (["--no-telemetry"] if a.no_telemetry else [])
+        + (["--trl-gradient-checkpointing"] if a.trl_gradient_checkpointing else [])
+        + (["--defaults"] if a.defaults else [])
     )
 
 

@@ -75,6 +75,12 @@ class Routing:
         with_pad_NK = torch.cat([used_NK, used_NK.new_zeros(1, used_NK.shape[-1])])
         return with_pad_NK[self.tokens.index_BL].to(torch.int32)
 
+    def real_experts(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(natural_MK, used_MK) of layer ``layer`` over the real (row, position) pairs, as ``real`` orders them;
+        no logits are gathered (telemetry needs none, and gathering them adds to the autograd graph)."""
+        r, idx_M = self.layers[layer], self.tokens.index_BL[self.tokens.mask_BL]
+        return r.natural_NK[idx_M], r.used_NK[idx_M]
+
     def real(self, layer: int) -> LayerRouting:
         """Layer ``layer`` over the batch's real (row, position) pairs in row-major order (M of them): a packed
         prompt token counts once per row that holds it, exactly as in the padded forward."""

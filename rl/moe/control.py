@@ -99,15 +99,15 @@ class RouterControl:
         if routing is None or not self.telemetry:
             return
         for layer in routing.layers:
-            real = routing.real(layer)
+            natural_MK, used_MK = routing.real_experts(layer)
             if layer in self._recorded:
                 recorded_MK = self._recorded[layer][rows.to(self._recorded[layer].device)]
                 recorded_MK = recorded_MK[self._step_mask()[rows].bool().to(recorded_MK.device)]
                 ones_M = torch.ones(recorded_MK.shape[0], dtype=torch.bool, device=recorded_MK.device)
-                flips, n = flip_counts(recorded_MK, real.used_NK.to(recorded_MK.device), ones_M)
+                flips, n = flip_counts(recorded_MK, used_MK.to(recorded_MK.device), ones_M)
                 self._flips, self._compared = self._flips + flips, self._compared + n
                 if self.replay:
-                    self._overrides += flip_counts(real.used_NK, real.natural_NK, ones_M.to(real.used_NK.device))[0]
+                    self._overrides += flip_counts(used_MK, natural_MK, ones_M.to(used_MK.device))[0]
             self._count("train", layer, routing)
 
     def add_aux_loss(
@@ -157,9 +157,9 @@ class RouterControl:
     def _count(self, phase: str, layer: int, routing: Routing) -> None:
         if not self.telemetry:
             return
-        real = routing.real(layer)
-        ones_M = torch.ones(real.used_NK.shape[0], dtype=torch.bool, device=real.used_NK.device)
-        c = expert_counts(real.used_NK, ones_M, real.logits_NE.shape[-1]).cpu()
+        _, used_MK = routing.real_experts(layer)
+        ones_M = torch.ones(used_MK.shape[0], dtype=torch.bool, device=used_MK.device)
+        c = expert_counts(used_MK, ones_M, routing.layers[layer].logits_NE.shape[-1]).cpu()
         prev = self._counts[phase].get(layer)
         self._counts[phase][layer] = c if prev is None else prev + c
 
