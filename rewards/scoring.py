@@ -389,8 +389,16 @@ class RewardScores:
 
 
 class RewardScorer:
+    """Scores batches with the bound rewards. Built at start-up: a reward function with a ``prepare`` attribute
+    (a no-argument callable) has it called here, once, so that what it depends on fails the run before the model
+    loads (the code rewards probe the sandbox this way)."""
+
     def __init__(self, bound: Sequence[BoundReward], *, max_error_fraction: float = 0.1) -> None:
         self.bound = list(bound)
+        for b in self.bound:
+            prepare = getattr(b.fn, "prepare", None)
+            if callable(prepare):
+                prepare()
         self.max_error_fraction = max_error_fraction
         self.error_counts = {b.spec.label: 0 for b in self.bound}
         self._logged: set[str] = set()

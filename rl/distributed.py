@@ -58,6 +58,11 @@ def local_sizes(a: AlgorithmConfig, t: TrainingConfig, world_size: int) -> Local
             f"algorithm.dynamic_sampling: not supported with {N} processes yet (each process would filter its own "
             "groups and the processes' batches would differ in size); set it to false or run one process"
         )
+    if a.std_scale == "batch" and N > 1:  # rl.advantages.batch_std reads the rewards it is given: this process's
+        raise ConfigError(
+            f"algorithm.std_scale: batch would be each process's own reward std under {N} processes, not the "
+            "global batch's; use group (GRPO) or none (Dr. GRPO), or run one process"
+        )
     if a.batch_size % (G * N):
         fix = G * N * max(1, round(a.batch_size / (G * N)))
         raise ConfigError(

@@ -64,6 +64,14 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 @BACKENDS.register("transformers")
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """The prompt's token ids with the tokenizer's special tokens (a BOS), unless the text already starts with the
+    BOS token: a chat template renders it itself, and encoding would add a second one (TRL encodes chat prompts
+    without special tokens for the same reason)."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
+
+
 class TransformersBackend:
     """G samples per prompt from a transformers model; each row stops at EOS or ``max_new_tokens``.
 
@@ -102,7 +110,7 @@ class TransformersBackend:
     ) -> RolloutBatch:
         if len(prompts) != len(group_ids):
             raise ValueError(f"generate: {len(prompts)} prompts but {len(group_ids)} group ids")
-        prompt_ids = [self.tokenizer.encode(p.text, add_special_tokens=True) for p in prompts]
+        prompt_ids = [encode_prompt(self.tokenizer, p.text) for p in prompts]
         rows = [
             (p, g, ids)
             for p, g, ids in zip(prompts, group_ids, prompt_ids, strict=True)

@@ -9,11 +9,13 @@ Columns (one row per completion):
     step, group_id, prompt_id, prompt, completion     ints / text
     reward                                            weighted total; null when every reward abstained
     reward/<name>, reward_info/<name>                 each reward's value (null = abstained) and its info as JSON
-    advantage, num_tokens, finish_reason, mean_logprob
+    advantage, num_tokens, finish_reason
+    mean_logprob                                      the r1kit sampler's mean log-prob (null with ``generate``)
     data/<column>                                     the dataset columns rewards read (e.g. data/answer)
     <extra>                                           per-completion columns the trainer adds: ``kept`` (False for
-                                                      groups DAPO dynamic sampling dropped: advantage 0, no update),
-                                                      MoE routing summaries where available
+                                                      groups DAPO dynamic sampling dropped: advantage 0, no update)
+                                                      and ``train_mean_logprob`` (the old policy's mean log-prob
+                                                      under the training forward; null for dropped groups)
 
 Files are written atomically (temp file + fsync + rename), so a run killed mid-step leaves every earlier step
 readable and the loader never sees half a file. Open a run with ``rollouts.load(run_dir)`` (pandas) or
@@ -85,8 +87,8 @@ def rollout_table(
 ) -> pa.Table:
     """One row per completion of ``batch`` (the first ``max_groups`` groups when set, whole groups only).
 
-    ``extra`` adds columns, one value per completion of the whole batch (the hook for per-completion MoE routing
-    summaries from ``rl/moe``: e.g. ``{"moe/expert_counts": [[...], ...]}``).
+    ``extra`` adds columns, one value per completion of the whole batch (the trainer's ``kept`` and
+    ``train_mean_logprob``).
     """
     import pyarrow as pa
 

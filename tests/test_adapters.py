@@ -202,3 +202,22 @@ def test_chat_template_with_a_real_tokenizer(tiny_random_model_dir):
 def test_data_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_recipe(None, overrides)
+
+
+class _BosTokenizer:
+    """A tokenizer that prepends BOS (id 1) as Llama's does: one id per character otherwise."""
+
+    bos_token = "<s>"
+
+    def encode(self, text, add_special_tokens=True):
+        body = [1] if text.startswith("<s>") else []
+        body += [ord(c) for c in text.removeprefix("<s>")]
+        return ([1] if add_special_tokens else []) + body
+
+
+def test_a_chat_rendered_prompt_gets_one_bos():
+    from rollouts.backends import encode_prompt
+
+    tok = _BosTokenizer()
+    assert encode_prompt(tok, "<s>User: hi") == [1, *map(ord, "User: hi")]  # the template's BOS, not a second one
+    assert encode_prompt(tok, "Q: 1+1\nA:") == [1, *map(ord, "Q: 1+1\nA:")]  # a plain prompt gets the tokenizer's

@@ -69,6 +69,12 @@ def test_local_sizes_split_the_global_batch():
             2,
             r"algorithm\.dynamic_sampling: not supported with 2 processes yet",
         ),
+        (
+            dict(num_generations=2, batch_size=16, std_scale="batch"),
+            {},
+            2,
+            r"algorithm\.std_scale: batch would be each process's own reward std under 2 processes",
+        ),
     ],
 )
 def test_local_sizes_errors_name_the_key_and_the_fix(algo, training, world, message):

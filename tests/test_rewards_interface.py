@@ -121,3 +121,34 @@ def test_weights_combine_rewards():
     specs = [RewardSpec(f"{HERE}:length_reward", 2.0), RewardSpec(f"{HERE}:digit_share", 1.0)]
     out = RewardScorer(bind_rewards(specs, [])).score(["p"], ["ab12"], {})
     assert out.total == (pytest.approx(2.0 * 0.04 + 0.5),)
+
+
+def test_a_rewards_prepare_runs_when_the_scorer_is_built():
+    """What a reward depends on (the code rewards: the sandbox) is checked at start-up, not at the first batch."""
+    from rewards.scoring import BoundReward, RewardScorer, RewardSpec
+
+    calls = []
+
+    def needs_setup(completions, **kw):
+        return [1.0] * len(completions)
+
+    needs_setup.prepare = lambda: calls.append("probed")
+    RewardScorer([BoundReward(RewardSpec("x"), needs_setup, {})])
+    assert calls == ["probed"]
+
+    def broken(completions, **kw):
+        return [1.0] * len(completions)
+
+    def fail():
+        raise RuntimeError("no sandbox tier works here")
+
+    broken.prepare = fail
+    with pytest.raises(RuntimeError, match="no sandbox tier"):
+        RewardScorer([BoundReward(RewardSpec("y"), broken, {})])
+
+
+def test_code_rewards_probe_the_sandbox_at_start_up():
+    from rewards.code import code_accuracy, code_all_pass
+    from rewards.code.api import get_sandbox
+
+    assert code_accuracy.prepare is get_sandbox and code_all_pass.prepare is get_sandbox

@@ -18,10 +18,10 @@ _LOCK = threading.Lock()
 
 
 def get_sandbox() -> Sandbox:
-    """The process-wide pool, created on first use. Create it before any CUDA context exists (the trainer calls
-    this at start-up): the pool only ever starts fresh processes (fork+exec), but probing early also means a
-    broken sandbox fails the run before any GPU work. ``R1KIT_SANDBOX_BACKEND`` forces a tier and
-    ``R1KIT_SANDBOX_ALLOW_WEAK=1`` opts in to the rlimits-only tier."""
+    """The process-wide pool, created on first use. Create it before any CUDA context exists (binding a code reward
+    calls this at start-up: ``prepare`` in ``rewards.code.reward``): the pool only ever starts fresh processes
+    (fork+exec), but probing early also means a broken sandbox fails the run before any GPU work.
+    ``R1KIT_SANDBOX_BACKEND`` forces a tier and ``R1KIT_SANDBOX_ALLOW_WEAK=1`` opts in to the rlimits-only tier."""
     global _SANDBOX
     with _LOCK:
         if _SANDBOX is None:

@@ -136,3 +136,9 @@ def code_all_pass(
         allow_forgeable=allow_forgeable,
         language=language,
     )
+
+
+# Probe the sandbox when a recipe's rewards are bound (rewards.scoring.RewardScorer), not at the first code reward:
+# a machine where no tier works fails the run at start-up, before any GPU work.
+code_accuracy.prepare = get_sandbox
+code_all_pass.prepare = get_sandbox

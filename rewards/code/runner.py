@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.cores import cores_per_process
 from rewards.code import confine
 from rewards.code.cases import Case
 from rewards.code.cgroups import SlotCgroup, remove_tree_contents
@@ -78,7 +79,7 @@ class Sandbox:
         self._root = Path(tempfile.mkdtemp(prefix="r1kit-sandbox-"))
         os.chmod(self._root, 0o755)
         self.lib_dir = self._install_harness()
-        n = slots or os.cpu_count() or 1
+        n = slots or cores_per_process()
         # As root each slot runs as its own uid, claimed for this sandbox's lifetime (rewards.code.claims).
         self._claims = claim_uids(n, uid_base) if os.geteuid() == 0 else []
         self._closed = False

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from core.cores import cores_per_process
+
 STARTUP_TIMEOUT_S = 60.0
 """A fresh worker imports sympy and the LaTeX grammar before it reports ready; that is not counted in a limit."""
 _ROOT = str(Path(__file__).resolve().parents[2])
@@ -111,7 +113,7 @@ class TimeoutPool:
     """``run(fn, args, timeout_s)`` in a worker; at most ``size`` calls at once, extra callers wait."""
 
     def __init__(self, size: int | None = None, warmup: str | None = None) -> None:
-        self.size = size or os.cpu_count() or 1
+        self.size = size or cores_per_process()
         self.warmup = warmup
         """``module:function`` each worker calls once before reporting ready (imports, caches)."""
         self._reset()
