@@ -30,14 +30,17 @@ class Prepared:
     """A batch laid out for one forward: where its tokens go (for router outputs) and the forward itself."""
 
     tokens: TokenMap
-    logprobs: Callable[[torch.nn.Module, float], torch.Tensor]  # (model, temperature) -> logp_BT
+    logprobs: Callable[[torch.nn.Module, float, bool], tuple]  # (model, temperature, entropy) -> (logp_BT, ent_BT)
 
 
 @LAYOUTS.register("packed")
 def _packed(seq: SequenceTensors) -> Prepared:
     """Real tokens only, one row (``rl.logprobs.packed_logprobs``)."""
     packing = pack(seq)
-    return Prepared(packing.tokens, lambda m, t: packed_logprobs(m, seq, temperature=t, packing=packing)[0])
+    return Prepared(
+        packing.tokens,
+        lambda m, t, e: _drop_output(packed_logprobs(m, seq, temperature=t, packing=packing, entropy=e)),
+    )
 
 
 @LAYOUTS.register("shared")
@@ -45,9 +48,9 @@ def _shared(seq: SequenceTensors) -> Prepared:
     """Each distinct prompt once, completions attending to its KV cache; the padded forward when no prompt
     repeats. Two passes per layer: never used when router outputs are wanted."""
 
-    def run(model: torch.nn.Module, t: float) -> torch.Tensor:
-        shared = shared_prompt_logprobs(model, seq, temperature=t)
-        return shared[0] if shared is not None else _padded(seq).logprobs(model, t)
+    def run(model: torch.nn.Module, t: float, e: bool) -> tuple:
+        shared = shared_prompt_logprobs(model, seq, temperature=t, entropy=e)
+        return _drop_output(shared) if shared is not None else _padded(seq).logprobs(model, t, e)
 
     return Prepared(TokenMap.padded(seq.attention_mask_BL), run)
 
@@ -55,8 +58,14 @@ def _shared(seq: SequenceTensors) -> Prepared:
 @LAYOUTS.register("padded")
 def _padded(seq: SequenceTensors) -> Prepared:
     """Every row's prompt and completion, padded: the reference."""
-    run = lambda m, t: padded_logprobs(m, seq, temperature=t)[0]  # noqa: E731
+    run = lambda m, t, e: _drop_output(padded_logprobs(m, seq, temperature=t, entropy=e))  # noqa: E731
     return Prepared(TokenMap.padded(seq.attention_mask_BL), run)
+
+
+def _drop_output(result: tuple) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logp_BT, raw output, entropy_BT) -> (logp_BT, entropy_BT): nothing here keeps the raw output alive."""
+    logp_BT, _, entropy_BT = result
+    return logp_BT, entropy_BT
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,8 @@ class ForwardOut:
     """Every MoE layer's routing (None unless asked for)."""
     layout: str
     """The layout that ran (a ``LAYOUTS`` name)."""
+    entropy_BT: torch.Tensor | None = None
+    """Per-token entropy of the sampling distribution (no gradient; 0 at padding), when asked for."""
 
 
 class PolicyForward:
@@ -102,11 +113,12 @@ class PolicyForward:
         routing: bool = False,
         replay_BLK: dict[int, torch.Tensor] | None = None,
         layout: str | None = None,
+        entropy: bool = False,
     ) -> Iterator[ForwardOut]:
         """Run the forward on entering; stay inside through ``backward()`` (routers re-run under gradient
         checkpointing replay the same experts). ``replay_BLK`` hands in each MoE layer's experts at every (row,
         position) of ``seq``. ``layout``: a ``LAYOUTS`` name instead of the choice of ``self.layout`` (the
-        reference-vs-fast tests run ``padded``)."""
+        reference-vs-fast tests run ``padded``). ``entropy``: also each token's entropy (a logged statistic)."""
         routing = routing or replay_BLK is not None
         layout = layout or self.layout(model, routing=routing and bool(self.sites))
         prepared = LAYOUTS.get(layout)(seq)
@@ -116,4 +128,5 @@ class PolicyForward:
             else contextlib.nullcontext()
         )
         with capture as captured:
-            yield ForwardOut(prepared.logprobs(model, self.temperature), captured, layout)
+            logp_BT, entropy_BT = prepared.logprobs(model, self.temperature, entropy)
+            yield ForwardOut(logp_BT, captured, layout, entropy_BT)

@@ -40,11 +40,25 @@ def token_logprobs(logits_BTV: torch.Tensor, ids_BT: torch.Tensor, temperature: 
     return picked - torch.logsumexp(logits, dim=-1)
 
 
+def token_entropy(logits_BTV: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy (nats) of ``softmax(logits / temperature)`` at each position, float32, without gradient: a logged
+    statistic, as TRL logs it, never part of the loss.
+
+    >>> token_entropy(torch.tensor([[[0.0, 0.0], [100.0, 0.0]]])).round(decimals=4)
+    tensor([[0.6931, 0.0000]])
+    """
+    with torch.no_grad():
+        logits = logits_BTV.float() / temperature if temperature != 1.0 else logits_BTV.float()
+        logp = torch.log_softmax(logits, dim=-1)
+        return -(logp.exp() * logp).sum(-1)
+
+
 def padded_logprobs(
-    model: torch.nn.Module, seq: SequenceTensors, *, temperature: float = 1.0, **forward_kwargs
-) -> tuple[torch.Tensor, object]:
-    """``logp_BT`` of the completion tokens in ``seq`` (0 at padding) and the raw model output, every row's prompt
-    and completion run padded: the reference layout (``rl.forward.PolicyForward`` chooses among the three).
+    model: torch.nn.Module, seq: SequenceTensors, *, temperature: float = 1.0, entropy: bool = False, **forward_kwargs
+) -> tuple[torch.Tensor, object, torch.Tensor | None]:
+    """``logp_BT`` of the completion tokens in ``seq`` (0 at padding), the raw model output and, with ``entropy``,
+    ``token_entropy`` of each completion position (0 at padding); every row's prompt and completion run padded: the
+    reference layout (``rl.forward.PolicyForward`` chooses among the three).
 
     Only the last T+1 positions' logits are computed (``logits_to_keep``): the prompt's vocabulary logits are
     never materialised. Logits are divided by the sampling temperature so that importance ratios compare the
@@ -61,12 +75,16 @@ def padded_logprobs(
     )
     logits_BTV = out.logits[:, -(T + 1) : -1]  # position j predicts token j+1
     logp_BT = token_logprobs(logits_BTV, seq.completion_ids_BT, temperature)
-    return logp_BT * seq.completion_mask_BT, out
+    return logp_BT * seq.completion_mask_BT, out, _entropy(logits_BTV, seq, temperature, entropy)
+
+
+def _entropy(logits_BTV, seq: SequenceTensors, temperature: float, wanted: bool) -> torch.Tensor | None:
+    return token_entropy(logits_BTV, temperature) * seq.completion_mask_BT if wanted else None
 
 
 def shared_prompt_logprobs(
-    model: torch.nn.Module, seq: SequenceTensors, *, temperature: float = 1.0
-) -> tuple[torch.Tensor, object] | None:
+    model: torch.nn.Module, seq: SequenceTensors, *, temperature: float = 1.0, entropy: bool = False
+) -> tuple[torch.Tensor, object, torch.Tensor | None] | None:
     """``padded_logprobs`` with each distinct prompt run once: U prompt rows, then B completion rows that
     attend to their prompt's KV cache (selected per row; gradients from all G rows flow back into the one prompt
     forward). None when no prompt repeats (nothing to share).
@@ -104,7 +122,7 @@ def shared_prompt_logprobs(
     # Token 0 is predicted by the prompt's last position, token j by completion position j - 1.
     logits_BTV = torch.cat([prompt_out.logits[prompt_B, -1:], out.logits[:, : T - 1]], dim=1)
     logp_BT = token_logprobs(logits_BTV, seq.completion_ids_BT, temperature)
-    return logp_BT * seq.completion_mask_BT, out
+    return logp_BT * seq.completion_mask_BT, out, _entropy(logits_BTV, seq, temperature, entropy)
 
 
 # ---------------------------------------------------------------------------------------------------- packed
@@ -176,7 +194,12 @@ def _token_map(prompt_mask_BP, comp_mask_BT, pstart_B, cstart_B, N: int) -> Toke
 
 
 def packed_logprobs(
-    model: torch.nn.Module, seq: SequenceTensors, *, temperature: float = 1.0, packing: Packing | None = None
+    model: torch.nn.Module,
+    seq: SequenceTensors,
+    *,
+    temperature: float = 1.0,
+    packing: Packing | None = None,
+    entropy: bool = False,
 ):
     """``padded_logprobs`` over the packed row: no padding anywhere but inside attention (``packed_sdpa``).
 
@@ -193,8 +216,9 @@ def packed_logprobs(
             logits_to_keep=packing.keep_K,
             r1kit_packing=packing,
         )
-    logp_BT = token_logprobs(out.logits[0, packing.pred_BT], seq.completion_ids_BT, temperature)
-    return logp_BT * seq.completion_mask_BT, out
+    logits_BTV = out.logits[0, packing.pred_BT]
+    logp_BT = token_logprobs(logits_BTV, seq.completion_ids_BT, temperature)
+    return logp_BT * seq.completion_mask_BT, out, _entropy(logits_BTV, seq, temperature, entropy)
 
 
 def packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):

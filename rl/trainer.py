@@ -373,7 +373,9 @@ class GRPOTrainer:
             replay = self.moe.replay_for(rows)
             with (
                 self.dist.no_sync(self.train_model, last=j == len(chunks) - 1),
-                self.forward(self.train_model, sub, routing=self.moe.wants_routing, replay_BLK=replay) as out,
+                self.forward(
+                    self.train_model, sub, routing=self.moe.wants_routing, replay_BLK=replay, entropy=True
+                ) as out,
             ):
                 logp_BT = out.logp_BT
                 old = logp_BT.detach() if old_logp_BT is None else old_logp_BT[rows]
@@ -389,6 +391,7 @@ class GRPOTrainer:
                     **self.loss_kwargs,
                 )
                 self.moe.observe(rows, out.routing)
+                m["entropy"] = (out.entropy_BT.sum() / sub.completion_mask_BT.sum().clamp(min=1)).detach()
                 loss, m = self.moe.add_aux_loss(loss, m, out.routing)
                 share = (sub.completion_mask_BT.sum() if tokens else len(rows)) / unit
                 self.dist.accelerator.backward(loss * share)  # inside: re-run routers replay the same experts

@@ -63,7 +63,6 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(saved)
 
 
-@BACKENDS.register("transformers")
 def encode_prompt(tokenizer, text: str) -> list[int]:
     """The prompt's token ids with the tokenizer's special tokens (a BOS), unless the text already starts with the
     BOS token: a chat template renders it itself, and encoding would add a second one (TRL encodes chat prompts
@@ -72,6 +71,7 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
 
 
+@BACKENDS.register("transformers")
 class TransformersBackend:
     """G samples per prompt from a transformers model; each row stops at EOS or ``max_new_tokens``.
 

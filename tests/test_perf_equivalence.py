@@ -414,3 +414,26 @@ def test_packed_routing_maps_back_to_the_padded_forward(tiny_random_model_dir, f
         pass
     for layer, want_BLK in forced.items():
         assert torch.equal(o.routing.experts_BLK(layer)[real_BL], want_BLK[real_BL])
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3"])
+def test_entropy_is_the_same_in_every_layout(tiny_random_model_dir, family):
+    """Per-token entropy of the sampling distribution (a logged statistic, as TRL logs it), equal across layouts and
+    equal to the entropy computed from the padded forward's full logits."""
+    from rl.logprobs import token_entropy
+
+    model, tok = _load(tiny_random_model_dir(family))
+    seq = _uneven(_rollout_tensors(model, tok), tok)
+    forward = PolicyForward([], temperature=0.7)
+    got = {}
+    with torch.no_grad():
+        for layout in ("packed", "shared", "padded"):
+            with forward(model, seq, layout=layout, entropy=True) as out:
+                got[layout] = out.entropy_BT
+        T = seq.completion_ids_BT.shape[1]
+        ids, attn, pos = seq.input_ids_BL, seq.attention_mask_BL, seq.position_ids_BL
+        logits_BTV = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, -(T + 1) : -1]
+    want_BT = token_entropy(logits_BTV, 0.7) * seq.completion_mask_BT
+    for layout, ent_BT in got.items():
+        torch.testing.assert_close(ent_BT, want_BT, atol=1e-4, rtol=0, msg=layout)
+    assert (want_BT[seq.completion_mask_BT.bool()] > 0).all()

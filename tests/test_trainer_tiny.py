@@ -51,6 +51,7 @@ def test_one_step_changes_parameters_and_keeps_loss_finite(tiny_random_model_dir
     metrics = trainer.train_step()
     after = _snapshot(trainer.policy.model)
     assert math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])
+    assert 0 < metrics["entropy"] < math.log(trainer.policy.model.config.vocab_size)  # nats per token, as in TRL
     assert metrics["frac_groups_zero_std"] < 1.0, "the test reward must give a learning signal"
     changed = [n for n in before if not torch.equal(before[n], after[n])]
     assert changed, "no trainable parameter moved"
