@@ -337,10 +337,13 @@ class GRPOTrainer:
         updates) and the old policy's ``logp_BT`` (detached: what the rollout store keeps)."""
         a = self.cfg.algorithm
         B = seq.input_ids_BL.shape[0]
-        mini = self.sizes.mini  # this process's rows (rl.distributed.local_sizes)
+        # Optimizer updates per pass, as the LR schedule plans them (rl.distributed.local_sizes). Dynamic sampling may
+        # keep fewer rows than the batch: they are split into as many mini-batches all the same, so the schedule and
+        # the on-policy shortcut below hold whatever the number of rows.
+        n_mini = self.sizes.batch // self.sizes.mini
         # With a single on-policy update, pi_old == pi_theta: the first forward's detached logp *is* old_logp, which
         # saves a forward (the ratio is exactly 1, the gradient is the policy gradient). Otherwise compute it once.
-        on_policy = a.num_iterations == 1 and mini == B and not self.moe.needs_old_forward
+        on_policy = a.num_iterations == 1 and n_mini == 1 and not self.moe.needs_old_forward
         self.moe.begin_step(seq.attention_mask_BL)
         old_logp_BT = None if on_policy else self._logprobs_nograd(self.policy.model, seq, record=True)
         ref_logp_BT = None
@@ -353,10 +356,14 @@ class GRPOTrainer:
         n_updates = 0
         self.policy.model.train()
         for _ in range(a.num_iterations):
-            for mb in torch.randperm(B, generator=gen).split(mini):
+            for mb in torch.randperm(B, generator=gen).tensor_split(n_mini):
+                if len(mb) == 0:  # fewer kept rows than mini-batches: no update, but the schedule moves on as planned
+                    self.scheduler.step()
+                    continue
                 self._mini_batch_update(seq, mb, adv_B, old_logp_BT, ref_logp_BT, sums, seen_BT)
                 n_updates += 1
-        return {**{k: v / n_updates for k, v in sums.items()}, **self.moe.end_step()}, seen_BT.detach()
+        metrics = {k: v / max(n_updates, 1) for k, v in sums.items()}
+        return {**metrics, **self.moe.end_step()}, seen_BT.detach()
 
     def _mini_batch_update(self, seq, mb, adv_B, old_logp_BT, ref_logp_BT, sums, seen_BT) -> None:
         """One optimizer update on the rows ``mb``, accumulated over micro-batches. Each micro-batch's loss is

@@ -268,3 +268,23 @@ def test_a_user_registered_token_mean_loss_is_normalised_as_declared(tiny_random
         torch.testing.assert_close(split[n], full[n], atol=1e-6, rtol=1e-4, msg=n)
     wrong = _update_grads(model_dir, tmp_path, "test_user_token_mean_as_rows", micro=2)
     assert any(not torch.allclose(wrong[n], full[n], atol=1e-6, rtol=1e-4) for n in full)
+
+
+@pytest.mark.parametrize("mini", [8, 4])
+def test_fewer_kept_rows_keep_the_schedule_and_the_on_policy_shortcut(tiny_random_model_dir, tmp_path, mini):
+    """Dynamic sampling can keep fewer rows than the batch (its rounds ran out): the update still takes the planned
+    number of optimizer steps (the LR schedule's), and with one mini-batch per batch it stays on-policy (no separate
+    old-policy forward)."""
+    from rollouts.records import Completion, Prompt, to_tensors
+
+    cfg = _cfg(tiny_random_model_dir("qwen3_moe"), f"algorithm.mini_batch_size={mini}", "moe.telemetry=false")
+    trainer = GRPOTrainer(cfg, tmp_path)
+    old_forwards = []
+    real = trainer._logprobs_nograd
+    trainer._logprobs_nograd = lambda *a, **k: old_forwards.append(1) or real(*a, **k)
+    rows = [Completion(g, Prompt(str(g), ""), [5, 6], [7, 8, 9], "", "eos") for g in range(1) for _ in range(4)]
+    seq = to_tensors(rows, trainer.policy.tokenizer.pad_token_id)  # 4 rows kept of a batch of 8
+    before = trainer.scheduler.last_epoch
+    trainer._update(seq, torch.tensor([1.0, -1.0, 0.5, -0.5]))
+    assert trainer.scheduler.last_epoch - before == trainer.updates_per_step == 8 // mini
+    assert old_forwards == ([] if mini == 8 else [1])
