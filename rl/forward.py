@@ -31,6 +31,8 @@ class Prepared:
 
     tokens: TokenMap
     logprobs: Callable[[torch.nn.Module, float, bool], tuple]  # (model, temperature, entropy) -> (logp_BT, ent_BT)
+    one_pass: bool = True
+    """Each router sees the forward's tokens in one call (what capturing router outputs needs)."""
 
 
 @LAYOUTS.register("packed")
@@ -52,7 +54,7 @@ def _shared(seq: SequenceTensors) -> Prepared:
         shared = shared_prompt_logprobs(model, seq, temperature=t, entropy=e)
         return _drop_output(shared) if shared is not None else _padded(seq).logprobs(model, t, e)
 
-    return Prepared(TokenMap.padded(seq.attention_mask_BL), run)
+    return Prepared(TokenMap.padded(seq.attention_mask_BL), run, one_pass=False)
 
 
 @LAYOUTS.register("padded")
@@ -94,7 +96,7 @@ class PolicyForward:
 
     def layout(self, model: torch.nn.Module, *, routing: bool) -> str:
         """``packed`` where the model allows it; else ``shared`` (each prompt once, attending to its KV cache),
-        except when router outputs are wanted (its two passes split each layer's tokens) ; else ``padded``.
+        except when router outputs are wanted (its two passes split each layer's tokens); else ``padded``.
         Activation checkpointing re-runs layers during backward, outside this call: the packed attention is no
         longer selected then, and layers turn the KV cache off, so it takes the padded layout."""
         checkpointing = any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
@@ -122,6 +124,8 @@ class PolicyForward:
         routing = routing or replay_BLK is not None
         layout = layout or self.layout(model, routing=routing and bool(self.sites))
         prepared = LAYOUTS.get(layout)(seq)
+        if routing and self.sites and not prepared.one_pass:
+            raise ValueError(f"PolicyForward: the {layout} layout runs each router twice; router outputs need one")
         capture = (
             capture_routing(self.sites, prepared.tokens, replay_BLK=replay_BLK)
             if routing and self.sites

@@ -437,3 +437,14 @@ def test_entropy_is_the_same_in_every_layout(tiny_random_model_dir, family):
     for layout, ent_BT in got.items():
         torch.testing.assert_close(ent_BT, want_BT, atol=1e-4, rtol=0, msg=layout)
     assert (want_BT[seq.completion_mask_BT.bool()] > 0).all()
+
+
+def test_router_outputs_are_refused_from_a_two_pass_layout(tiny_random_model_dir):
+    from rl.moe.routers import find_routers
+
+    model, tok = _load(tiny_random_model_dir("qwen3_moe"))
+    seq = _rollout_tensors(model, tok)
+    forward = PolicyForward(find_routers(model), temperature=1.0)
+    with pytest.raises(ValueError, match="shared layout runs each router twice"), torch.no_grad():
+        with forward(model, seq, routing=True, layout="shared"):
+            pass
