@@ -83,7 +83,7 @@ class RouterControl:
                 shape = (B, L, experts_bLK.shape[-1])
                 store = self._recorded[layer] = torch.zeros(shape, dtype=torch.int32, device=experts_bLK.device)
             store[rows.to(store.device)] = experts_bLK
-            self._count("record", layer, routing)
+            self._count("record", layer, experts_bLK[routing.tokens.mask_BL], routing)
 
     def replay_for(self, rows: torch.Tensor) -> dict[int, torch.Tensor] | None:
         """The recorded experts of ``rows``, per layer, to hand to a training forward (None without replay)."""
@@ -101,14 +101,14 @@ class RouterControl:
         for layer in routing.layers:
             natural_MK, used_MK = routing.real_experts(layer)
             if layer in self._recorded:
-                recorded_MK = self._recorded[layer][rows.to(self._recorded[layer].device)]
-                recorded_MK = recorded_MK[self._step_mask()[rows].bool().to(recorded_MK.device)]
-                ones_M = torch.ones(recorded_MK.shape[0], dtype=torch.bool, device=recorded_MK.device)
-                flips, n = flip_counts(recorded_MK, used_MK.to(recorded_MK.device), ones_M)
+                # the forward's real (row, position) pairs, in the order real_experts gives them
+                recorded_MK = self._recorded[layer][rows.to(used_MK.device)][routing.tokens.mask_BL]
+                all_M = torch.ones(used_MK.shape[0], dtype=torch.bool, device=used_MK.device)
+                flips, n = flip_counts(recorded_MK, used_MK, all_M)
                 self._flips, self._compared = self._flips + flips, self._compared + n
                 if self.replay:
-                    self._overrides += flip_counts(used_MK, natural_MK, ones_M.to(used_MK.device))[0]
-            self._count("train", layer, routing)
+                    self._overrides += flip_counts(used_MK, natural_MK, all_M)[0]
+            self._count("train", layer, used_MK, routing)
 
     def add_aux_loss(
         self, loss: torch.Tensor, metrics: dict[str, torch.Tensor], routing: Routing | None
@@ -154,12 +154,12 @@ class RouterControl:
         self._flips = self._overrides = self._compared = 0
         self._counts: dict[str, dict[int, torch.Tensor]] = {p: {} for p in PHASES}
 
-    def _count(self, phase: str, layer: int, routing: Routing) -> None:
+    def _count(self, phase: str, layer: int, used_MK: torch.Tensor, routing: Routing) -> None:
+        """Add the experts used at the forward's real tokens (``used_MK``) to ``phase``'s counts of ``layer``."""
         if not self.telemetry:
             return
-        _, used_MK = routing.real_experts(layer)
-        ones_M = torch.ones(used_MK.shape[0], dtype=torch.bool, device=used_MK.device)
-        c = expert_counts(used_MK, ones_M, routing.layers[layer].logits_NE.shape[-1]).cpu()
+        all_M = torch.ones(used_MK.shape[0], dtype=torch.bool, device=used_MK.device)
+        c = expert_counts(used_MK, all_M, routing.layers[layer].logits_NE.shape[-1]).cpu()
         prev = self._counts[phase].get(layer)
         self._counts[phase][layer] = c if prev is None else prev + c
 
