@@ -52,7 +52,7 @@ def _shared(seq: SequenceTensors) -> Prepared:
 
     def run(model: torch.nn.Module, t: float, e: bool) -> tuple:
         shared = shared_prompt_logprobs(model, seq, temperature=t, entropy=e)
-        return _drop_output(shared) if shared is not None else _padded(seq).logprobs(model, t, e)
+        return _drop_output(shared if shared is not None else padded_logprobs(model, seq, temperature=t, entropy=e))
 
     return Prepared(TokenMap.padded(seq.attention_mask_BL), run, one_pass=False)
 

@@ -246,11 +246,7 @@ class GRPOTrainer:
         # log-probs) - collapsed groups are exactly what people look for in rollouts.
         adv_all_B = torch.zeros(len(sampled.batch))
         adv_all_B[sampled.keep_B] = adv_B.float()
-        train_logp: list[float | None] = [None] * len(sampled.batch)
-        for r, i in enumerate(sampled.keep_B.nonzero().flatten().tolist()):
-            n = batch.completions[r].num_tokens
-            train_logp[i] = old_logp_BT[r, :n].mean().item() if n else None
-        self._store_rollouts(sampled, adv_all_B, train_logp)
+        self._store_rollouts(sampled, adv_all_B, old_logp_BT)
         return self.dist.reduce_metrics(
             {
                 **self.scorer.pop_metrics(),  # rewards' log_metric values, averaged over the step as in TRL
@@ -283,14 +279,17 @@ class GRPOTrainer:
             )
         return self.backend.generate(prompts, group_ids, num_generations=G)
 
-    def _store_rollouts(
-        self, sampled: CollectedGroups, adv_all_B: torch.Tensor, train_logp: list[float | None]
-    ) -> None:
-        """Every process's groups go to process 0, which writes the step's rollout file."""
+    def _store_rollouts(self, sampled: CollectedGroups, adv_all_B: torch.Tensor, old_logp_BT: torch.Tensor) -> None:
+        """Every process's groups go to process 0, which writes the step's rollout file. ``old_logp_BT``: the kept
+        rows' log-probs under the training forward (their means are the ``train_mean_logprob`` column)."""
         step = self.step + 1
         if not self.rollout_store.wants(step):
             return
         kept = sampled.keep_B.tolist()
+        train_logp: list[float | None] = [None] * len(sampled.batch)
+        for r, i in enumerate(sampled.keep_B.nonzero().flatten().tolist()):
+            n = sampled.batch.completions[i].num_tokens
+            train_logp[i] = old_logp_BT[r, :n].mean().item() if n else None
         parts = self.dist.gather_objects(
             (sampled.batch.completions, sampled.scores, adv_all_B.tolist(), kept, train_logp)
         )

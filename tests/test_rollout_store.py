@@ -161,6 +161,10 @@ def test_tiny_run_stores_every_completion(tiny_run_dir):
     assert (df["reward"] - expected).abs().max() < 1e-9
     assert df.groupby(["step", "group_id"])["advantage"].sum().abs().max() < 1e-3
     assert df["mean_logprob"].notna().all() and (df["mean_logprob"] <= 0).all()
+    # Every group is kept (no dynamic sampling) and there is no dropout: the training forward's mean log-prob of each
+    # completion is the sampler's, within float rounding.
+    assert df["train_mean_logprob"].notna().all()
+    assert (df["train_mean_logprob"] - df["mean_logprob"]).abs().max() < 1e-4
     assert set(df["finish_reason"]) <= {"eos", "length"}
     info = json.loads(df["reward_info/math_accuracy"].iloc[0])
     assert info["gold"] == df["data/answer"].iloc[0]
