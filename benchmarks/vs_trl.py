@@ -191,20 +191,27 @@ REWARD_RULES = [("math_accuracy", 1.0), ("r1_format_strict", 0.2)]
 
 
 # ------------------------------------------------------------------ one engine, in its own process
-def prompt_stream(a: argparse.Namespace) -> list:
-    """The training prompts in the order r1kit's sampler takes them: TRL gets them in this order, unshuffled."""
-    from rollouts.data import PromptSampler, load_prompt_sets
+def arith_sets(*, num_train: int):
+    """The arithmetic task with the recipes' held-out split (the one the cached tiny base was built for)."""
+    from rollouts.data import load_prompt_sets
 
-    sets = load_prompt_sets(
+    return load_prompt_sets(
         task="arith",
         path=None,
         split="train",
         prompt_column="prompt",
         template="qa",
-        num_train=4000,
+        num_train=num_train,
         num_eval=NUM_EVAL,
         seed=EVAL_SEED,
     )
+
+
+def prompt_stream(a: argparse.Namespace) -> list:
+    """The training prompts in the order r1kit's sampler takes them: TRL gets them in this order, unshuffled."""
+    from rollouts.data import PromptSampler
+
+    sets = arith_sets(num_train=4000)
     return PromptSampler(sets.train, seed=a.seed).take(a.steps * a.prompts)
 
 
@@ -413,18 +420,8 @@ def evaluate_like_r1kit(a: argparse.Namespace, model, tokenizer) -> float:
     """Held-out greedy accuracy with r1kit's own evaluation code, so both engines' models are scored alike."""
     from rewards.scoring import RewardScorer, RewardSpec, bind_rewards
     from rollouts.backends import TransformersBackend
-    from rollouts.data import load_prompt_sets
 
-    sets = load_prompt_sets(
-        task="arith",
-        path=None,
-        split="train",
-        prompt_column="prompt",
-        template="qa",
-        num_train=1,
-        num_eval=NUM_EVAL,
-        seed=EVAL_SEED,
-    )
+    sets = arith_sets(num_train=1)
     scorer = RewardScorer(bind_rewards([RewardSpec("math_accuracy")], ["answer"]))
     backend = TransformersBackend(model, tokenizer, max_new_tokens=a.max_new_tokens)
     batch = backend.generate(sets.eval, list(range(len(sets.eval))), num_generations=1, greedy=True)
