@@ -63,8 +63,8 @@ class Policy:
     @contextlib.contextmanager
     def as_reference(self) -> Iterator[torch.nn.Module]:
         """The reference model: the base with adapters disabled (LoRA), or the frozen copy (full)."""
-        if self.reference is not None:
-            yield self.reference
+        if self.reference is not None:  # in the policy's mode: the KL compares like with like (dropout, jitter)
+            yield self.reference.train(self.model.training)
         elif self.is_lora:
             with self.model.disable_adapter():
                 yield self.model

@@ -343,6 +343,10 @@ class GRPOTrainer:
         # With a single on-policy update, pi_old == pi_theta: the first forward's detached logp *is* old_logp, which
         # saves a forward (the ratio is exactly 1, the gradient is the policy gradient). Otherwise compute it once.
         on_policy = a.num_iterations == 1 and n_mini == 1 and not self.moe.needs_old_forward
+        # One mode for every training-side forward (old policy, reference, gradient): train mode, as TRL scores old
+        # log-probs. Generation leaves the model as it found it, and the model loads in eval mode: without this
+        # the first step's old log-probs ran without LoRA dropout or router jitter and every later step's with it.
+        self.policy.model.train()
         self.moe.begin_step(seq.attention_mask_BL)
         old_logp_BT = None if on_policy else self._logprobs_nograd(self.policy.model, seq, record=True)
         ref_logp_BT = None
@@ -353,7 +357,6 @@ class GRPOTrainer:
         sums: dict[str, float] = defaultdict(float)
         seen_BT = torch.zeros_like(seq.completion_mask_BT, dtype=torch.float32) if on_policy else old_logp_BT
         n_updates = 0
-        self.policy.model.train()
         for _ in range(a.num_iterations):
             for mb in torch.randperm(B, generator=gen).tensor_split(n_mini):
                 if len(mb) == 0:  # fewer kept rows than mini-batches: no update, but the schedule moves on as planned

@@ -288,3 +288,49 @@ def test_fewer_kept_rows_keep_the_schedule_and_the_on_policy_shortcut(tiny_rando
     trainer._update(seq, torch.tensor([1.0, -1.0, 0.5, -0.5]))
     assert trainer.scheduler.last_epoch - before == trainer.updates_per_step == 8 // mini
     assert old_forwards == ([] if mini == 8 else [1])
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_every_training_side_forward_runs_in_train_mode(tiny_random_model_dir, tmp_path, finetune):
+    """Old policy, reference and gradient forwards share one mode (train, as TRL), at step 1 as at step 2: the model
+    loads in eval mode and generation restores whatever it found, so step 1 used to score old log-probs in eval."""
+    cfg = _cfg(
+        tiny_random_model_dir("qwen3_moe"),
+        f"model.finetune={finetune}",
+        "algorithm.beta=0.05",
+        "algorithm.num_iterations=2",  # an old-policy forward every step
+    )
+    trainer = GRPOTrainer(cfg, tmp_path)
+    trainer.policy.model.eval()  # as from_pretrained leaves a full model (peft leaves LoRA in train mode)
+    modes: list[tuple[str, bool]] = []
+    models = {"policy": trainer.policy.model, "reference": trainer.policy.reference}
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args, name=name: modes.append((name, mod.training)))
+        for name, m in models.items()
+        if m is not None
+    ]
+    update = trainer._update
+
+    def recorded_update(*args):  # only the forwards inside the update (generation runs in eval mode)
+        modes.append(("update", True))
+        try:
+            return update(*args)
+        finally:
+            modes.append(("end", True))
+
+    trainer._update = recorded_update
+    try:
+        for _ in range(2):
+            trainer.train_step()
+    finally:
+        for h in hooks:
+            h.remove()
+    starts = [i for i, (name, _) in enumerate(modes) if name == "update"]
+    ends = [i for i, (name, _) in enumerate(modes) if name == "end"]
+    assert len(starts) == len(ends) == 2
+    for start, end in zip(starts, ends, strict=True):
+        forwards = modes[start + 1 : end]
+        # the old policy and the reference (no grad), then 2 passes of gradient forwards
+        assert len(forwards) >= 4, forwards
+        assert all(training for _, training in forwards), forwards
+        assert ("reference" in [n for n, _ in forwards]) == (finetune == "full")
