@@ -17,7 +17,15 @@ from dataclasses import dataclass
 import torch
 
 from core.registry import Registry
-from rl.logprobs import can_pack, pack, packed_logprobs, padded_logprobs, shared_prompt_logprobs
+from rl.logprobs import (
+    PACKED,
+    attention_implementation,
+    can_pack,
+    pack,
+    packed_logprobs,
+    padded_logprobs,
+    shared_prompt_logprobs,
+)
 from rl.moe.capture import Routing, TokenMap, capture_routing
 from rl.moe.routers import RouterSite
 from rollouts.records import SequenceTensors
@@ -33,6 +41,8 @@ class Prepared:
     logprobs: Callable[[torch.nn.Module, float, bool], tuple]  # (model, temperature, entropy) -> (logp_BT, ent_BT)
     one_pass: bool = True
     """Each router sees the forward's tokens in one call (what capturing router outputs needs)."""
+    held: Callable[[torch.nn.Module], contextlib.AbstractContextManager] = lambda model: contextlib.nullcontext()
+    """What must stay set from the forward through ``backward()``: activation checkpointing re-runs layers there."""
 
 
 @LAYOUTS.register("packed")
@@ -42,6 +52,9 @@ def _packed(seq: SequenceTensors) -> Prepared:
     return Prepared(
         packing.tokens,
         lambda m, t, e: _drop_output(packed_logprobs(m, seq, temperature=t, packing=packing, entropy=e)),
+        # Layers re-run under activation checkpointing read the attention implementation from the config again (the
+        # packing itself travels in their saved keyword arguments): it stays the packed one until backward is done.
+        held=lambda model: attention_implementation(model, PACKED),
     )
 
 
@@ -87,24 +100,21 @@ class PolicyForward:
     thing.
 
     ``single_forward``: the model is wrapped by DDP/FSDP, which expect one forward per backward; the shared-prompt
-    layout runs two. The packed layout is also left out there until issue 16 measures it under FSDP2: the
-    distributed tests compare the padded forward across world sizes.
+    layout runs two. The packed layout runs one, and is taken there too.
     """
 
     def __init__(self, sites: list[RouterSite], *, temperature: float, single_forward: bool = False) -> None:
         self.sites, self.temperature, self.single_forward = sites, temperature, single_forward
 
     def layout(self, model: torch.nn.Module, *, routing: bool) -> str:
-        """``packed`` where the model allows it; else ``shared`` (each prompt once, attending to its KV cache),
-        except when router outputs are wanted (its two passes split each layer's tokens); else ``padded``.
-        Activation checkpointing re-runs layers during backward, outside this call: the packed attention is no
-        longer selected then, and layers turn the KV cache off, so it takes the padded layout."""
-        checkpointing = any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
-        if self.single_forward or checkpointing:
-            return "padded"
+        """``packed`` where the model allows it (one forward: also under DDP/FSDP and activation checkpointing);
+        else ``shared`` (each prompt once, attending to its KV cache), except when router outputs are wanted (its two
+        passes split each layer's tokens), under DDP/FSDP (two forwards per backward) or activation checkpointing
+        (checkpointed layers turn the KV cache off); else ``padded``."""
         if can_pack(model):
             return "packed"
-        return "padded" if routing else "shared"
+        checkpointing = any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+        return "padded" if routing or self.single_forward or checkpointing else "shared"
 
     @contextlib.contextmanager
     def __call__(
@@ -131,6 +141,6 @@ class PolicyForward:
             if routing and self.sites
             else contextlib.nullcontext()
         )
-        with capture as captured:
+        with capture as captured, prepared.held(model):
             logp_BT, entropy_BT = prepared.logprobs(model, self.temperature, entropy)
             yield ForwardOut(logp_BT, captured, layout, entropy_BT)

@@ -1,11 +1,12 @@
 """Every fast path against the straightforward reference it replaces (STYLE.md habit 7).
 
 - ``rollouts.sampler.sample`` vs ``model.generate``: the same tokens under the same seed (sampling with
-  temperature / top-k / top-p, greedy), with left padding, shared prompts and rows finishing at different times.
+  temperature / top-k / top-p, greedy), with left padding, shared prompts and rows finishing at different times
+  (at EOS or at a stop string).
 - its per-token log-probabilities vs the training forward's: equal within float tolerance.
 - ``shared_prompt_logprobs`` (each prompt run once) vs the padded forward: equal log-probabilities and gradients.
 - ``packed_logprobs`` (real tokens only, one row) vs the padded forward: the same, for every tiny family, with
-  uneven completion lengths and LoRA adapters (activation checkpointing falls back to the padded forward).
+  uneven completion lengths and LoRA adapters, with and without activation checkpointing.
 - the packed forward's router outputs, mapped back to (row, position), vs the padded forward's; experts handed in
   to the packed forward (routing replay) are the ones its layers use.
 - a whole trainer step on defaults (router telemetry on) with the fast paths vs one with the reference paths: the
@@ -132,6 +133,32 @@ def test_backend_samplers_agree_with_groups_split_across_generation_batches(tiny
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_backend_samplers_agree_with_stop_strings(tiny_random_model_dir, family):
+    # Rows hit the stop strings at different steps: the r1kit sampler (fused decode on) drops them from its batch,
+    # generate keeps sampling them and completion() cuts them back; both must give the same tokens.
+    model, tok = _load(tiny_random_model_dir(family))
+    prompts = [Prompt(str(i), p) for i, p in enumerate(PROMPTS)]
+    stops = ["1", "ab", "e"]  # "1": one character; "ab": two tokens; "e": inside the one-token R1 tags too
+    out = {}
+    for sampler in ("generate", "r1kit"):
+        backend = TransformersBackend(
+            model, tok, max_new_tokens=24, top_k=30, batch_size=5, sampler=sampler, stop=stops
+        )
+        torch.manual_seed(11)
+        out[sampler] = backend.generate(prompts, [0, 1, 2], num_generations=4).completions
+    assert [c.token_ids for c in out["r1kit"]] == [c.token_ids for c in out["generate"]]
+    assert [c.text for c in out["r1kit"]] == [c.text for c in out["generate"]]
+    reasons = [c.finish_reason for c in out["r1kit"]]
+    assert reasons == [c.finish_reason for c in out["generate"]]
+    assert "stop" in reasons and set(reasons) - {"stop"}, f"the test must see rows stop and rows not stop: {reasons}"
+    for c in out["r1kit"]:
+        assert len(c.logprobs) == c.num_tokens
+        assert (c.finish_reason == "stop") == any(s in c.text for s in stops)
+        if c.finish_reason == "stop":  # one token earlier the text held no stop string
+            assert not any(s in tok.decode(c.token_ids[:-1]) for s in stops)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_sampler_logprobs_equal_the_training_forward(tiny_random_model_dir, family):
     model, tok = _load(tiny_random_model_dir(family))
     backend = TransformersBackend(model, tok, max_new_tokens=10, temperature=0.8)
@@ -230,7 +257,8 @@ def test_packed_forward_equals_the_padded_forward(tiny_random_model_dir, family)
     assert packed_tokens == real_completion_tokens + sum(len(tok.encode(p)) for p in PROMPTS)  # each prompt once
 
 
-def test_packed_forward_with_lora_then_checkpointing_falls_back(tiny_random_model_dir):
+def test_packed_forward_with_lora_and_under_checkpointing(tiny_random_model_dir, monkeypatch):
+    import rl.logprobs
     from rl.config import ModelConfig
     from rl.modeling import apply_lora
 
@@ -245,11 +273,22 @@ def test_packed_forward_with_lora_then_checkpointing_falls_back(tiny_random_mode
     weights_BT = torch.randn(seq.completion_mask_BT.shape, generator=torch.Generator().manual_seed(2))
     ref = _logprobs_and_grads(model, seq, weights_BT, layout="padded")
     _assert_same(_logprobs_and_grads(model, seq, weights_BT), ref)
-    # Checkpointing re-runs layers in backward, after the packed attention is deselected: padded forward then.
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.enable_input_require_grads()
-    _assert_same(_logprobs_and_grads(model, seq, weights_BT), ref)
-    assert PolicyForward([], temperature=1.0).layout(model, routing=False) == "padded"
+    # Checkpointing re-runs every layer in backward: the packed attention must still be the one selected then.
+    calls = []
+    packed_sdpa = rl.logprobs.packed_sdpa
+    monkeypatch.setattr(rl.logprobs, "packed_sdpa", lambda *a, **k: calls.append(1) or packed_sdpa(*a, **k))
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(rl.logprobs.PACKED, rl.logprobs.packed_sdpa)
+    try:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+        assert PolicyForward([], temperature=1.0).layout(model, routing=True) == "packed"
+        _assert_same(_logprobs_and_grads(model, seq, weights_BT), ref)
+    finally:
+        AttentionInterface.register(rl.logprobs.PACKED, packed_sdpa)
+    layers = model.config.num_hidden_layers
+    assert len(calls) == 2 * layers, "each layer's attention once in the forward and once re-run in backward"
 
 
 def test_packing_indices_by_hand():
@@ -287,7 +326,8 @@ def test_packing_declines_where_it_would_change_the_result(tiny_random_model_dir
     seq = _rollout_tensors(model, tok)
     forward = PolicyForward([], temperature=1.0)
     assert forward.layout(model, routing=True) == "packed"
-    assert PolicyForward([], temperature=1.0, single_forward=True).layout(model, routing=False) == "padded"
+    # DDP / FSDP: one forward per backward, which the packed layout is (the shared-prompt one runs two)
+    assert PolicyForward([], temperature=1.0, single_forward=True).layout(model, routing=False) == "packed"
     with forward(model, seq) as out:
         assert out.layout == "packed"
     assert model.config._attn_implementation == "sdpa"  # restored

@@ -133,17 +133,15 @@ def test_resume_continues_as_the_uninterrupted_run(tiny_random_model_dir, tmp_pa
 # ---- GPU-path options, wired and checked on CPU ------------------------------------------------------------
 
 
-def test_gradient_checkpointing_with_lora_gives_the_plain_update(tiny_random_model_dir, tmp_path, monkeypatch):
-    from rl.forward import PolicyForward
-
-    # Checkpointing takes the padded layout (rl.forward); the plain run takes it too, so that the two differ in
-    # checkpointing only (AdamW turns float-rounding differences of other layouts into lr-sized steps).
-    monkeypatch.setattr(PolicyForward, "layout", lambda self, model, *, routing: "padded")
+def test_gradient_checkpointing_with_lora_gives_the_plain_update(tiny_random_model_dir, tmp_path):
+    # Both runs take the packed layout (rl.forward), so they differ in checkpointing only (AdamW turns float-rounding
+    # differences of two layouts into lr-sized steps).
     model_dir = tiny_random_model_dir("qwen3_moe")
     after = {}
     for gc in (False, True):
         trainer = GRPOTrainer(_cfg(model_dir, f"model.gradient_checkpointing={str(gc).lower()}"), tmp_path / str(gc))
         assert trainer.policy.model.is_gradient_checkpointing == gc
+        assert trainer.forward.layout(trainer.train_model, routing=True) == "packed"
         metrics = trainer.train_step()
         after[gc] = (_snapshot(trainer.policy.model), metrics["loss"], metrics["grad_norm"])
     (plain, loss, norm), (ckpt, loss_gc, norm_gc) = after[False], after[True]
