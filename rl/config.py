@@ -60,7 +60,9 @@ class ModelConfig:
     revision: str | None = None
     """Hub revision (branch, tag or commit) when loading by hub id."""
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
-    """Weights dtype. bf16 on GPUs; float32 on CPU."""
+    """Weights dtype. bf16 on GPUs; float32 on CPU. With bf16 / fp16 weights the optimizer steps float32 master
+    copies and writes them back rounded (``rl.optim.MasterWeights``: +4 bytes per trainable parameter), so updates
+    below the bf16 spacing (2^-8 to 2^-7 relative) still add up; LoRA adapters are float32 already (peft)."""
     trust_remote_code: bool = False
     """Allow custom modelling code from the hub (needed by some older MoE checkpoints)."""
     attn_implementation: str | None = None
@@ -324,7 +326,9 @@ class TrainingConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast for forward passes through accelerate (weights stay in ``model.dtype``); fp16 adds loss scaling."""
     optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
-    """``adamw`` (torch) or ``adamw_8bit`` (bitsandbytes: 8-bit optimizer states, ~4x smaller; GPU only)."""
+    """``adamw`` (torch) or ``adamw_8bit`` (bitsandbytes: 8-bit optimizer states, ~4x smaller; GPU only). Either
+    steps float32 master weights when trainable weights are bf16 / fp16 (see ``model.dtype``), except under
+    FSDP / DeepSpeed, whose engines keep their own."""
     logprob_micro_batch_size: int | None = None
     """Rows per no-grad log-prob forward (old policy, reference); None = training.micro_batch_size. On CUDA an
     out-of-memory error halves it and retries, and the smaller size is kept for the rest of the run."""

@@ -35,7 +35,7 @@ from rl.memory import HalvingChunks
 from rl.metrics import length_metrics, reward_metrics
 from rl.modeling import Policy, load_policy, load_tokenizer, resolve_source, save_final
 from rl.moe.control import attach_router_control
-from rl.optim import OPTIMIZERS
+from rl.optim import make_optimizer
 from rl.reporting.progress import StepProgress, console, summary_table
 from rl.reporting.trackers import open_trackers
 from rl.runlog import MetricsLog
@@ -82,12 +82,14 @@ class GRPOTrainer:
             self.moe.sites, temperature=r.temperature, single_forward=self.dist.world_size > 1
         )
         a, t = cfg.algorithm, cfg.training
-        optimizer = OPTIMIZERS.get(t.optimizer)(
+        optimizer = make_optimizer(  # over float32 master weights when the trainable weights are bf16 / fp16
+            t.optimizer,
             [p for p in self.policy.model.parameters() if p.requires_grad],
             lr=t.lr,
             betas=t.adam_betas,
             weight_decay=t.weight_decay,
             device=self.device,
+            sharded=self.dist.sharded,
         )
         # train_model: the model as wrapped for training (DDP / FSDP / autocast); used for the gradient forward
         # only. policy.model stays the plain module, for generation, no-grad log-probs and saving.
