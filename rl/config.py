@@ -150,6 +150,10 @@ class RolloutConfig:
     """Nucleus sampling threshold; 1.0 disables it."""
     top_k: int = 0
     """Top-k sampling; 0 disables it."""
+    stop: list[str] = field(default_factory=list)
+    """Stop strings, e.g. ``["</answer>"]``: a completion ends at the token whose decoded text first contains one
+    (that token kept, as transformers' ``stop_strings`` and vLLM's ``include_stop_str_in_output``), marked
+    ``finish_reason=stop``; rollouts and evaluation alike. EOS still ends a completion; [] stops at EOS only."""
     generation_batch_size: int | None = None
     """Rows per ``generate`` call (memory bound); None generates the whole step at once."""
     sampler: str = "r1kit"
@@ -174,6 +178,10 @@ class RolloutConfig:
         _check(self.temperature > 0, f"rollout.temperature: must be > 0, got {self.temperature}")
         _check(0 < self.top_p <= 1, f"rollout.top_p: must be in (0, 1], got {self.top_p}")
         _check(self.top_k >= 0, f"rollout.top_k: must be >= 0, got {self.top_k}")
+        _check(
+            all(isinstance(s, str) and s for s in self.stop),
+            f"rollout.stop: every stop string must be a non-empty string, got {self.stop!r}",
+        )
         _check(
             self.torch_threads is None or self.torch_threads > 0,
             f"rollout.torch_threads: must be > 0 or null, got {self.torch_threads}",

@@ -120,6 +120,8 @@ class LoadedModel:
     """The run's ``rollout.max_new_tokens`` (the rollout default for a plain model)."""
     lora_base: str | None
     """The adapter's ``base_model_name_or_path`` when ``model`` is a peft LoRA model, else None."""
+    stop: tuple[str, ...] = ()
+    """The run's ``rollout.stop`` (none for a plain model): ``r1kit generate`` ends completions as the run did."""
 
 
 def is_run_dir(path: Path) -> bool:
@@ -186,7 +188,8 @@ def load_run(run: Path) -> LoadedModel:
     else:
         model, tokenizer = _load_checkpoint_weights(run, cfg)
         lora_base = getattr(getattr(model, "peft_config", {}).get("default"), "base_model_name_or_path", None)
-    return LoadedModel(model.eval(), tokenizer, cfg.data.template, cfg.rollout.max_new_tokens, lora_base)
+    stop = tuple(cfg.rollout.stop)
+    return LoadedModel(model.eval(), tokenizer, cfg.data.template, cfg.rollout.max_new_tokens, lora_base, stop)
 
 
 def load_model(ref: str, *, arg: str) -> LoadedModel:
@@ -251,6 +254,7 @@ def _generate(args: argparse.Namespace) -> int:
         loaded.tokenizer,
         max_new_tokens=args.max_new_tokens or loaded.max_new_tokens,
         temperature=1.0 if greedy else args.temperature,
+        stop=loaded.stop,
     )
     batch = backend.generate([Prompt("cli", text)], [0], num_generations=args.n, greedy=greedy)
     for i, c in enumerate(batch.completions, 1):

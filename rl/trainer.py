@@ -157,6 +157,7 @@ class GRPOTrainer:
             temperature=r.temperature,
             top_p=r.top_p,
             top_k=r.top_k,
+            stop=r.stop,
             batch_size=r.generation_batch_size,
             sampler=r.sampler,
             fused_decode=r.fused_decode,

@@ -15,6 +15,7 @@ import torch
 
 from core.registry import Registry
 from rollouts.records import Completion, Prompt, RolloutBatch
+from rollouts.stops import generated_stop_criteria, stop_strings
 
 
 class GenerationBackend(Protocol):
@@ -73,13 +74,14 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
 
 @BACKENDS.register("transformers")
 class TransformersBackend:
-    """G samples per prompt from a transformers model; each row stops at EOS or ``max_new_tokens``.
+    """G samples per prompt from a transformers model; each row stops at EOS, a stop string or ``max_new_tokens``.
 
     ``sampler`` names the decoding loop in ``SAMPLERS``: ``r1kit`` (default) runs ``rollouts.sampler.sample``: each
     prompt prefilled once for its group, finished rows dropped, no ``generate`` overhead per token, and
     (``fused_decode``) a fused decode step for the families ``rollouts.fused`` covers. ``generate`` is the
     reference path: batched ``model.generate`` with left padding. Both give the same tokens under the same seed.
-    ``threads``: torch's CPU threads while generating (None: unchanged).
+    ``threads``: torch's CPU threads while generating (None: unchanged). ``stop``: stop strings
+    (``rollouts.stops``); the token completing one is kept and the row ends there, ``finish_reason == "stop"``.
     """
 
     def __init__(
@@ -95,12 +97,14 @@ class TransformersBackend:
         sampler: str = "r1kit",
         fused_decode: bool = True,
         threads: int | None = None,
+        stop: Sequence[str] = (),
     ) -> None:
         self._sample_rows = SAMPLERS.get(sampler)  # an unknown name raises, listing the known ones
         self.model, self.tokenizer, self.sampler = model, tokenizer, sampler
         self.fused_decode, self.threads = fused_decode, threads
         self.max_new_tokens, self.temperature, self.top_p, self.top_k = max_new_tokens, temperature, top_p, top_k
         self.batch_size = batch_size
+        self.stop = stop_strings(tokenizer, stop)  # None without stop strings: no check runs
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no pad token; set one (e.g. tokenizer.pad_token = tokenizer.eos_token)")
         self.eos_ids = _eos_ids(model, tokenizer)
@@ -132,12 +136,23 @@ class TransformersBackend:
             self.model.train(was_training)
 
     def completion(self, row: Row, gen: list[int]) -> Completion:
-        """The record of one generated row: tokens through the first EOS (kept), decoded text, finish reason."""
+        """The record of one generated row: tokens through the first EOS (kept) or through the token that
+        completes a stop string (kept, with any text it carries past the stop), decoded text, finish reason.
+
+        Both samplers' rows are cut here by the one definition in ``rollouts.stops``: the r1kit sampler stopped
+        there already; ``generate`` stops by transformers' criterion, which reads token strings rather than the
+        decoded text, and any row it ran past that point is cut back to it."""
         prompt, group_id, ids = row
         cut = next((i for i, t in enumerate(gen) if t in self.eos_ids), None)
         tokens = gen if cut is None else gen[: cut + 1]  # keep the EOS: the model must learn to stop
-        text = self.tokenizer.decode(tokens if cut is None else tokens[:-1], skip_special_tokens=False)
-        return Completion(group_id, prompt, ids, tokens, text, "length" if cut is None else "eos")
+        body = tokens if cut is None else tokens[:-1]
+        text = self.tokenizer.decode(body, skip_special_tokens=False)
+        kept = None if self.stop is None else self.stop.first_stop(body, text)
+        if kept is not None:  # a stop string before any EOS: keep through the token that completes it
+            tokens = body[:kept]
+            text = self.tokenizer.decode(tokens, skip_special_tokens=False)
+        reason = "stop" if kept is not None else "length" if cut is None else "eos"
+        return Completion(group_id, prompt, ids, tokens, text, reason)
 
 
 @SAMPLERS.register("r1kit")
@@ -166,6 +181,7 @@ def r1kit_sampler(backend: TransformersBackend, rows: list[Row], greedy: bool) -
         top_k=b.top_k,
         greedy=greedy,
         fused=b.fused_decode,
+        stop=b.stop,
     )
     completions = [b.completion(row, gen) for row, gen in zip(rows, out.tokens, strict=True)]
     for c, lp in zip(completions, out.logprobs, strict=True):
@@ -184,6 +200,8 @@ def generate_sampler(backend: TransformersBackend, rows: list[Row], greedy: bool
     input_ids = torch.tensor([[pad] * (P - len(ids)) + ids for _, _, ids in rows], device=device)
     attention = torch.tensor([[0] * (P - len(ids)) + [1] * len(ids) for _, _, ids in rows], device=device)
     sampling = {} if greedy else {"temperature": b.temperature, "top_p": b.top_p, "top_k": b.top_k}
+    if b.stop is not None:  # transformers' own stop-string criterion; completion() then cuts where r1kit stops
+        sampling["stopping_criteria"] = generated_stop_criteria(b.stop, P)
     out = b.model.generate(
         input_ids=input_ids,
         attention_mask=attention,

@@ -8,7 +8,9 @@ from typing import Any, Literal
 
 import torch
 
-FinishReason = Literal["eos", "length"]
+FinishReason = Literal["eos", "stop", "length"]
+"""EOS sampled (kept), a stop string completed (``rollout.stop``; the completing token kept), or cut at
+``max_new_tokens``."""
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,8 @@ class Prompt:
 
 @dataclass
 class Completion:
-    """One sampled answer to a prompt. ``token_ids`` end with EOS when ``finish_reason == "eos"``."""
+    """One sampled answer to a prompt. ``token_ids`` end with EOS when ``finish_reason == "eos"``, with the token
+    that completed a stop string when it is ``"stop"``."""
 
     group_id: int
     prompt: Prompt

@@ -9,7 +9,7 @@ Columns (one row per completion):
     step, group_id, prompt_id, prompt, completion     ints / text
     reward                                            weighted total; null when every reward abstained
     reward/<name>, reward_info/<name>                 each reward's value (null = abstained) and its info as JSON
-    advantage, num_tokens, finish_reason
+    advantage, num_tokens, finish_reason              finish_reason: eos, stop (a ``rollout.stop`` string) or length
     mean_logprob                                      the r1kit sampler's mean log-prob (null with ``generate``)
     data/<column>                                     the dataset columns rewards read (e.g. data/answer)
     <extra>                                           per-completion columns the trainer adds: ``kept`` (False for
