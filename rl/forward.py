@@ -51,7 +51,7 @@ def _packed(seq: SequenceTensors) -> Prepared:
     packing = pack(seq)
     return Prepared(
         packing.tokens,
-        lambda m, t, e: _drop_output(packed_logprobs(m, seq, temperature=t, packing=packing, entropy=e)),
+        lambda m, t, e: packed_logprobs(m, seq, temperature=t, packing=packing, entropy=e),
         # Layers re-run under activation checkpointing read the attention implementation from the config again (the
         # packing itself travels in their saved keyword arguments): it stays the packed one until backward is done.
         held=lambda model: attention_implementation(model, PACKED),
@@ -65,7 +65,7 @@ def _shared(seq: SequenceTensors) -> Prepared:
 
     def run(model: torch.nn.Module, t: float, e: bool) -> tuple:
         shared = shared_prompt_logprobs(model, seq, temperature=t, entropy=e)
-        return _drop_output(shared if shared is not None else padded_logprobs(model, seq, temperature=t, entropy=e))
+        return shared if shared is not None else padded_logprobs(model, seq, temperature=t, entropy=e)
 
     return Prepared(TokenMap.padded(seq.attention_mask_BL), run, one_pass=False)
 
@@ -73,14 +73,8 @@ def _shared(seq: SequenceTensors) -> Prepared:
 @LAYOUTS.register("padded")
 def _padded(seq: SequenceTensors) -> Prepared:
     """Every row's prompt and completion, padded: the reference."""
-    run = lambda m, t, e: _drop_output(padded_logprobs(m, seq, temperature=t, entropy=e))  # noqa: E731
+    run = lambda m, t, e: padded_logprobs(m, seq, temperature=t, entropy=e)  # noqa: E731
     return Prepared(TokenMap.padded(seq.attention_mask_BL), run)
-
-
-def _drop_output(result: tuple) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(logp_BT, raw output, entropy_BT) -> (logp_BT, entropy_BT): nothing here keeps the raw output alive."""
-    logp_BT, _, entropy_BT = result
-    return logp_BT, entropy_BT
 
 
 @dataclass(frozen=True)

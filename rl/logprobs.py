@@ -20,71 +20,53 @@ import torch
 from transformers import AttentionInterface, DynamicCache
 
 from core.hf import CACHE_KWARG, full_sdpa_attention
+from rl.lm_head import head_logprobs, hidden_states_out, token_entropy, token_logprobs
 from rl.moe.capture import TokenMap
 from rollouts.records import SequenceTensors
 
 PACKED = "r1kit_packed"  # the attention implementation name registered below
 
 
-def token_logprobs(logits_BTV: torch.Tensor, ids_BT: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """``log softmax(logits / temperature)[ids]`` in float32, without materialising the full log-softmax.
-
-    >>> logits = torch.tensor([[[0.0, 0.0], [2.0, 0.0]]])
-    >>> token_logprobs(logits, torch.tensor([[1, 0]])).round(decimals=4)
-    tensor([[-0.6931, -0.1269]])
-    """
-    logits = logits_BTV.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    picked = logits.gather(-1, ids_BT.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
-
-
-def token_entropy(logits_BTV: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Entropy (nats) of ``softmax(logits / temperature)`` at each position, float32, without gradient: a logged
-    statistic, as TRL logs it, never part of the loss.
-
-    >>> token_entropy(torch.tensor([[[0.0, 0.0], [100.0, 0.0]]])).round(decimals=4)
-    tensor([[0.6931, 0.0000]])
-    """
-    with torch.no_grad():
-        logits = logits_BTV.float() / temperature if temperature != 1.0 else logits_BTV.float()
-        logp = torch.log_softmax(logits, dim=-1)
-        return -(logp.exp() * logp).sum(-1)
-
-
 def padded_logprobs(
-    model: torch.nn.Module, seq: SequenceTensors, *, temperature: float = 1.0, entropy: bool = False, **forward_kwargs
-) -> tuple[torch.Tensor, object, torch.Tensor | None]:
-    """``logp_BT`` of the completion tokens in ``seq`` (0 at padding), the raw model output and, with ``entropy``,
-    ``token_entropy`` of each completion position (0 at padding); every row's prompt and completion run padded: the
-    reference layout (``rl.forward.PolicyForward`` chooses among the three).
+    model: torch.nn.Module, seq: SequenceTensors, *, temperature: float = 1.0, entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``logp_BT`` of the completion tokens in ``seq`` (0 at padding) and, with ``entropy``, ``token_entropy`` of
+    each completion position (0 at padding); every row's prompt and completion run padded: the reference layout
+    (``rl.forward.PolicyForward`` chooses among the three).
 
-    Only the last T+1 positions' logits are computed (``logits_to_keep``): the prompt's vocabulary logits are
-    never materialised. Logits are divided by the sampling temperature so that importance ratios compare the
-    distribution the tokens were actually drawn from (as TRL does).
+    Only the last T+1 positions reach the LM head (``logits_to_keep``), and of those only the real completion
+    tokens, in chunks (``rl.lm_head``): no [B, T, V] logits. Logits are divided by the sampling temperature so that
+    importance ratios compare the distribution the tokens were actually drawn from (as TRL does).
     """
     T = seq.completion_ids_BT.shape[1]
-    out = model(
-        input_ids=seq.input_ids_BL,
-        attention_mask=seq.attention_mask_BL,
-        position_ids=seq.position_ids_BL,
-        logits_to_keep=T + 1,
-        use_cache=False,
-        **forward_kwargs,
-    )
-    logits_BTV = out.logits[:, -(T + 1) : -1]  # position j predicts token j+1
-    logp_BT = token_logprobs(logits_BTV, seq.completion_ids_BT, temperature)
-    return logp_BT * seq.completion_mask_BT, out, _entropy(logits_BTV, seq, temperature, entropy)
+    with hidden_states_out(model) as head:
+        out = model(
+            input_ids=seq.input_ids_BL,
+            attention_mask=seq.attention_mask_BL,
+            position_ids=seq.position_ids_BL,
+            logits_to_keep=T + 1,
+            use_cache=False,
+        )
+    return _score(head, out.logits[:, -(T + 1) : -1], seq, temperature, entropy)  # position j predicts token j+1
 
 
-def _entropy(logits_BTV, seq: SequenceTensors, temperature: float, wanted: bool) -> torch.Tensor | None:
-    return token_entropy(logits_BTV, temperature) * seq.completion_mask_BT if wanted else None
+def _score(
+    head: torch.nn.Module | None, states_BTX: torch.Tensor, seq: SequenceTensors, temperature: float, entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logp_BT, entropy_BT) from what predicts each completion token: hidden states (X = H) when ``head`` is the
+    LM head ``hidden_states_out`` set aside, else the model's own logits (X = V)."""
+    mask_BT = seq.completion_mask_BT
+    if head is not None:
+        return head_logprobs(
+            head, states_BTX, seq.completion_ids_BT, mask_BT, temperature=temperature, entropy=entropy
+        )
+    logp_BT = token_logprobs(states_BTX, seq.completion_ids_BT, temperature) * mask_BT
+    return logp_BT, token_entropy(states_BTX, temperature) * mask_BT if entropy else None
 
 
 def shared_prompt_logprobs(
     model: torch.nn.Module, seq: SequenceTensors, *, temperature: float = 1.0, entropy: bool = False
-) -> tuple[torch.Tensor, object, torch.Tensor | None] | None:
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """``padded_logprobs`` with each distinct prompt run once: U prompt rows, then B completion rows that
     attend to their prompt's KV cache (selected per row; gradients from all G rows flow back into the one prompt
     forward). None when no prompt repeats (nothing to share).
@@ -102,27 +84,27 @@ def shared_prompt_logprobs(
     rows_B = torch.arange(B, device=prompt_B.device)
     first_U = torch.full((U,), B, device=prompt_B.device).scatter_reduce(0, prompt_B, rows_B, reduce="amin")
     cache = DynamicCache(config=model.config)
-    prompt_out = model(
-        input_ids=seq.input_ids_BL[first_U, :P],
-        attention_mask=seq.attention_mask_BL[first_U, :P],
-        position_ids=seq.position_ids_BL[first_U, :P],
-        **{CACHE_KWARG: cache},
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    cache.batch_select_indices(prompt_B)  # (U, ...) -> (B, ...): each row reads its prompt's keys and values
-    out = model(
-        input_ids=seq.input_ids_BL[:, P:],
-        attention_mask=seq.attention_mask_BL,
-        position_ids=seq.position_ids_BL[:, P:],
-        **{CACHE_KWARG: cache},
-        use_cache=True,
-        logits_to_keep=T,
-    )
+    with hidden_states_out(model) as head:
+        prompt_out = model(
+            input_ids=seq.input_ids_BL[first_U, :P],
+            attention_mask=seq.attention_mask_BL[first_U, :P],
+            position_ids=seq.position_ids_BL[first_U, :P],
+            **{CACHE_KWARG: cache},
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache.batch_select_indices(prompt_B)  # (U, ...) -> (B, ...): each row reads its prompt's keys and values
+        out = model(
+            input_ids=seq.input_ids_BL[:, P:],
+            attention_mask=seq.attention_mask_BL,
+            position_ids=seq.position_ids_BL[:, P:],
+            **{CACHE_KWARG: cache},
+            use_cache=True,
+            logits_to_keep=T,
+        )
     # Token 0 is predicted by the prompt's last position, token j by completion position j - 1.
-    logits_BTV = torch.cat([prompt_out.logits[prompt_B, -1:], out.logits[:, : T - 1]], dim=1)
-    logp_BT = token_logprobs(logits_BTV, seq.completion_ids_BT, temperature)
-    return logp_BT * seq.completion_mask_BT, out, _entropy(logits_BTV, seq, temperature, entropy)
+    states_BTX = torch.cat([prompt_out.logits[prompt_B, -1:], out.logits[:, : T - 1]], dim=1)
+    return _score(head, states_BTX, seq, temperature, entropy)
 
 
 # ---------------------------------------------------------------------------------------------------- packed
@@ -208,7 +190,7 @@ def packed_logprobs(
     far fewer with long, uneven reasoning traces).
     """
     packing = pack(seq) if packing is None else packing
-    with attention_implementation(model, PACKED):
+    with attention_implementation(model, PACKED), hidden_states_out(model) as head:
         out = model(
             input_ids=packing.input_ids_1N,
             position_ids=packing.position_ids_1N,
@@ -216,9 +198,7 @@ def packed_logprobs(
             logits_to_keep=packing.keep_K,
             r1kit_packing=packing,
         )
-    logits_BTV = out.logits[0, packing.pred_BT]
-    logp_BT = token_logprobs(logits_BTV, seq.completion_ids_BT, temperature)
-    return logp_BT * seq.completion_mask_BT, out, _entropy(logits_BTV, seq, temperature, entropy)
+    return _score(head, out.logits[0, packing.pred_BT], seq, temperature, entropy)
 
 
 def packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
