@@ -82,6 +82,11 @@ class TransformersBackend:
     reference path: batched ``model.generate`` with left padding. Both give the same tokens under the same seed.
     ``threads``: torch's CPU threads while generating (None: unchanged). ``stop``: stop strings
     (``rollouts.stops``); the token completing one is kept and the row ends there, ``finish_reason == "stop"``.
+    ``sync``: synced decoding for sharded weights (FSDP2), where every forward is a collective and all processes
+    must run as many: the all-reduce ``sync(still_decoding_here) -> any_process_still_decoding`` that
+    ``rollouts.sampler.sample`` asks after each step (it then never uses the fused step). The ``generate`` sampler
+    runs transformers' own mechanism instead (``synced_gpus=True``: it all-reduces over the default process group
+    itself, and does not call ``sync``).
     """
 
     def __init__(
@@ -98,12 +103,13 @@ class TransformersBackend:
         fused_decode: bool = True,
         threads: int | None = None,
         stop: Sequence[str] = (),
+        sync: Callable[[bool], bool] | None = None,
     ) -> None:
         self._sample_rows = SAMPLERS.get(sampler)  # an unknown name raises, listing the known ones
         self.model, self.tokenizer, self.sampler = model, tokenizer, sampler
         self.fused_decode, self.threads = fused_decode, threads
         self.max_new_tokens, self.temperature, self.top_p, self.top_k = max_new_tokens, temperature, top_p, top_k
-        self.batch_size = batch_size
+        self.batch_size, self.sync = batch_size, sync
         self.stop = stop_strings(tokenizer, stop)  # None without stop strings: no check runs
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no pad token; set one (e.g. tokenizer.pad_token = tokenizer.eos_token)")
@@ -182,6 +188,7 @@ def r1kit_sampler(backend: TransformersBackend, rows: list[Row], greedy: bool) -
         greedy=greedy,
         fused=b.fused_decode,
         stop=b.stop,
+        sync=b.sync,
     )
     completions = [b.completion(row, gen) for row, gen in zip(rows, out.tokens, strict=True)]
     for c, lp in zip(completions, out.logprobs, strict=True):
@@ -209,6 +216,9 @@ def generate_sampler(backend: TransformersBackend, rows: list[Row], greedy: bool
         do_sample=not greedy,
         pad_token_id=pad,
         eos_token_id=b.eos_ids,
+        # Synced: every process runs forwards until all are done (finished ones sample nothing), as r1kit's sync.
+        # Explicit False otherwise: transformers would guess from FSDP/ZeRO-3 wrappers; r1kit's switch is ``sync``.
+        synced_gpus=b.sync is not None,
         **sampling,
     )
     return [b.completion(row, gen) for row, gen in zip(rows, out[:, P:].tolist(), strict=True)]

@@ -10,12 +10,17 @@ same tokens as ``model.generate`` on the same rows (``tests/test_perf_equivalenc
 defaults shipped with a checkpoint (repetition penalty, min-p, ...) are deliberately not applied: RL samples
 from the policy's own distribution, the one the training forward scores.
 
+Synced decoding (``sync``) is for sharded weights (FSDP2): there every forward is a collective (each layer
+all-gathers its weights), so every process must run the same number of forwards or the run deadlocks. A process
+whose rows are all done keeps one finished row as a ghost and feeds it through the model, its outputs discarded,
+until no process is decoding any more; its own rows' tokens are those of an unsynced run.
+
 Shapes: U distinct prompts, B = sum of their repeats (rows), n live rows, V vocabulary, P padded prompt length.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -68,14 +73,24 @@ def sample(
     greedy: bool = False,
     fused: bool = True,
     stop: StopStrings | None = None,
+    sync: Callable[[bool], bool] | None = None,
 ) -> SampledTokens:
     """``repeats[u]`` completions of ``prompt_ids[u]``, rows in prompt order (prompt 0's repeats first).
 
     ``fused``: decode with ``rollouts.fused``'s step where it covers the model (same results, less overhead per
     token); otherwise, and with False, each step calls the model's forward. ``stop``: a row whose latest token
-    completes a stop string ends there (token kept) and leaves the batch, as at EOS."""
+    completes a stop string ends there (token kept) and leaves the batch, as at EOS.
+
+    ``sync(still_decoding_here) -> any_process_still_decoding``: a collective the caller provides (an all-reduce
+    over processes), asked once after every step; decoding stops when it returns False, and until then a process
+    whose rows are done runs a ghost row's forward per step (outputs discarded, no random draws: the tokens, and
+    the random generator's state after the call, are those of an unsynced run). Every process must make the same
+    calls with the same number of rows (the prefill is one collective forward too). With ``sync`` the model's own
+    forward always runs (the fused step reads weights directly, which sharded weights do not allow), under
+    ``no_grad``: FSDP2's all-gathered parameters must not become inference tensors."""
+    fused = fused and sync is None
     # inference_mode, not just no_grad: no view or version tracking either, ~8% faster per decode step here.
-    with torch.inference_mode():
+    with torch.inference_mode() if sync is None else torch.no_grad():
         out = _sample(
             model,
             prompt_ids,
@@ -89,6 +104,7 @@ def sample(
             greedy=greedy,
             fused=fused,
             stop=stop,
+            sync=sync,
         )
     _renew_inference_buffers(model)
     return out
@@ -104,7 +120,20 @@ def _renew_inference_buffers(model: torch.nn.Module) -> None:
 
 
 def _sample(
-    model, prompt_ids, repeats, *, max_new_tokens, eos_ids, pad_id, temperature, top_p, top_k, greedy, fused, stop
+    model,
+    prompt_ids,
+    repeats,
+    *,
+    max_new_tokens,
+    eos_ids,
+    pad_id,
+    temperature,
+    top_p,
+    top_k,
+    greedy,
+    fused,
+    stop,
+    sync,
 ):
     device = next(model.parameters()).device
     P = max(len(ids) for ids in prompt_ids)
@@ -144,7 +173,11 @@ def _sample(
         if stop is not None:
             keep_n &= ~_stop_hits_n(stop, tok_BT, live_n, t)
         n_keep = int(keep_n.sum())
-        if n_keep == 0 or t == max_new_tokens - 1:
+        here = n_keep > 0 and t < max_new_tokens - 1
+        anywhere = sync(here) if sync is not None else here
+        if not (here and anywhere):
+            if anywhere:  # done here, not elsewhere: keep the other processes' forwards company
+                _ghost_steps(model, cache, tok_n[:1], attn_nL[:1], next_pos_n[:1], own_mask, sync)
             break
         if n_keep < keep_n.shape[0]:  # finished rows leave the batch: later steps compute only live rows
             idx = keep_n.nonzero().squeeze(1)
@@ -157,20 +190,41 @@ def _sample(
         if decoder is not None:
             logits_nV = decoder.step(tok_n, next_pos_n, attn_nL[:, None, None, :] if padded else None).float()
         else:
-            mask = attn_nL[:, None, None, :] if own_mask else attn_nL
-            out = model(
-                input_ids=tok_n[:, None],
-                attention_mask=mask,
-                position_ids=next_pos_n[:, None],
-                **{CACHE_KWARG: cache},
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            logits_nV = out.logits[:, -1].float()
+            logits_nV = _forward_step(model, cache, tok_n, attn_nL, next_pos_n, own_mask)
         next_pos_n = next_pos_n + 1
     lengths = (tok_BT >= 0).sum(-1).tolist()
     tokens = [row[:n] for row, n in zip(tok_BT.tolist(), lengths, strict=True)]
     return SampledTokens(tokens, [row[:n] for row, n in zip(logp_BT.tolist(), lengths, strict=True)])
+
+
+def _forward_step(model, cache, tok_n, attn_nL, pos_n, own_mask: bool) -> torch.Tensor:
+    """One decode step through the model's forward: the logits of each row's next token, (n, V) float32."""
+    out = model(
+        input_ids=tok_n[:, None],
+        attention_mask=attn_nL[:, None, None, :] if own_mask else attn_nL,
+        position_ids=pos_n[:, None],
+        **{CACHE_KWARG: cache},
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1].float()
+
+
+def _ghost_steps(model, cache, tok_1, attn_1L, pos_1, own_mask: bool, sync: Callable[[bool], bool]) -> None:
+    """Forwards of one finished row, outputs discarded, until ``sync`` says no process decodes any more.
+
+    The first runs at once (``sync`` has just said another process is still decoding). The ghost is a finished
+    row continuing rather than a dummy input, so each forward takes the path a decode step takes (same cache,
+    mask and position kinds); it feeds its last token again and samples nothing: no random draws, so the
+    generator's state after the call is that of an unsynced run, and later calls in this process sample as they
+    would have without ``sync``."""
+    cache.batch_select_indices(torch.zeros(1, dtype=torch.long, device=tok_1.device))  # (1, h, L, d) per layer
+    while True:
+        attn_1L = torch.cat([attn_1L, attn_1L.new_ones(1, 1)], dim=1)
+        _forward_step(model, cache, tok_1, attn_1L, pos_1, own_mask)
+        pos_1 = pos_1 + 1
+        if not sync(False):
+            return
 
 
 def _stop_hits_n(stop: StopStrings, tok_BT: torch.Tensor, live_n: torch.Tensor, t: int) -> torch.Tensor:

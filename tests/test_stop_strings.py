@@ -207,7 +207,11 @@ def test_recipe_stop_reaches_the_backend(tiny_random_model_dir):
     assert cfg.rollout.stop == ["</answer>", "\n\n"]
     assert load_recipe(None, []).rollout.stop == []
     model, tok = _load(tiny_random_model_dir("qwen3_moe"))
-    fake = types.SimpleNamespace(cfg=cfg, policy=types.SimpleNamespace(model=model, tokenizer=tok))
+    fake = types.SimpleNamespace(
+        cfg=cfg,
+        policy=types.SimpleNamespace(model=model, tokenizer=tok),
+        dist=types.SimpleNamespace(sharded=False, world_size=1),
+    )
     assert GRPOTrainer._make_backend(fake).stop.strings == ("</answer>", "\n\n")
 
 
