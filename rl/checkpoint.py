@@ -6,11 +6,11 @@ base accuracy). It is written into a
 temporary sibling, fsynced, and renamed into place: a SIGKILL at any moment leaves either the complete new
 checkpoint or none, and the previous one untouched.
 
-Sharded weights (FSDP, ZeRO-3) are gathered into full tensors before saving (``Dist.full_state_dict``), and each
-process writes its own optimizer shard. ``torch.distributed.checkpoint`` (each rank writes its shards, no gather,
-resharding on load) is the library that should replace this for sharded runs; it waits for FSDP2 to actually run
-here (issue 16), where the two can be measured against each other. For one process and DDP the weights are whole
-anyway and a single safetensors file is what people load elsewhere.
+Sharded runs. r1kit's own FSDP2 (CPU processes, ``rl.fsdp``) writes ``dcp/`` with ``torch.distributed.checkpoint``:
+each process its shards of the trainable weights and of the optimizer state, no gather, and reads them back the
+same way (``save_sharded`` / ``load_sharded``). Under accelerate's FSDP / ZeRO-3 (GPUs) the weights are gathered
+into full tensors before saving (``Dist.full_state_dict``) and each process writes its own optimizer shard. For
+one process and DDP the weights are whole anyway and a single safetensors file is what people load elsewhere.
 """
 
 from __future__ import annotations
@@ -77,11 +77,13 @@ def save_checkpoint(
     barrier: Callable[[], None] = lambda: None,
     full_state: dict[str, torch.Tensor] | None = None,
     optimizer_per_rank: bool = False,
+    save_sharded: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``root/step-NNNNNN`` atomically. With several processes every one calls this (``barrier`` syncs them):
     each writes its RNG state ``rng-rank{r}.pt``; rank 0 writes the rest (DDP keeps weights and optimizer state
     identical on every process) and renames the directory into place. Sharded runs (FSDP / ZeRO-3) pass the
-    gathered ``full_state`` and write each process's optimizer shard (``optimizer_per_rank``)."""
+    gathered ``full_state`` and write each process's optimizer shard (``optimizer_per_rank``), or, with
+    ``save_sharded`` (a collective), each process's shards of weights and optimizer state into ``dcp/``."""
     final = root / f"step-{step:06d}"
     tmp = root / f".step-{step:06d}.tmp-shared"  # a fixed name: every process writes its RNG state into it
     if rank == 0:
@@ -91,16 +93,23 @@ def save_checkpoint(
     barrier()
     torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
     _fsync_file(tmp / f"rng-rank{rank}.pt")
-    if optimizer_per_rank:
+    if save_sharded is not None:
+        save_sharded(tmp / "dcp")
+        for f in (tmp / "dcp").iterdir():
+            _fsync_file(f)
+    elif optimizer_per_rank:
         torch.save(optimizer.state_dict(), tmp / f"optim-rank{rank}.pt")
         _fsync_file(tmp / f"optim-rank{rank}.pt")
     barrier()
     if rank == 0:
-        save_file(trainable_state(model, full_state), str(tmp / "trainable.safetensors"))
+        written = ["optim.pt", "trainer_state.json"]
+        if save_sharded is None:
+            save_file(trainable_state(model, full_state), str(tmp / "trainable.safetensors"))
+            written.append("trainable.safetensors")
         optim = {} if optimizer_per_rank else {"optimizer": optimizer.state_dict()}
         torch.save({**optim, "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
-        for f in ("trainable.safetensors", "optim.pt", "trainer_state.json"):
+        for f in written:
             _fsync_file(tmp / f)
         _fsync_dir(tmp)
         if final.exists():  # a re-save of the same step after a resume: replace it
@@ -110,6 +119,17 @@ def save_checkpoint(
         prune(root, keep)
     barrier()
     return final
+
+
+def _load_weights(path: Path, model: torch.nn.Module) -> None:
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [n for n in weights if n not in params]
+    if missing:
+        raise ValueError(f"checkpoint {path} does not match the model: unknown parameters {missing[:3]}")
+    with torch.no_grad():
+        for n, t in weights.items():
+            params[n].copy_(t.to(params[n].device, params[n].dtype))
 
 
 def _fsync_file(path: Path) -> None:
@@ -143,19 +163,31 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, *, rank: int = 0) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and this process's RNG states; return the trainer state."""
-    weights = load_file(str(path / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    missing = [n for n in weights if n not in params]
-    if missing:
-        raise ValueError(f"checkpoint {path} does not match the model: unknown parameters {missing[:3]}")
-    with torch.no_grad():
-        for n, t in weights.items():
-            params[n].copy_(t.to(params[n].device, params[n].dtype))
+def load_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    *,
+    rank: int = 0,
+    load_sharded: Callable[[Path], None] | None = None,
+) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and this process's RNG states; return the trainer state.
+    ``load_sharded``: a sharded run's reader of ``dcp/`` (a collective)."""
+    sharded = (path / "dcp").is_dir()
+    if sharded != (load_sharded is not None):
+        raise ValueError(
+            f"checkpoint {path} was written by a {'sharded (FSDP2)' if sharded else 'DDP / one-process'} run; "
+            "resume it the same way (the same accelerate configuration)"
+        )
+    if load_sharded is not None:
+        load_sharded(path / "dcp")
+    else:
+        _load_weights(path, model)
     blob = torch.load(path / "optim.pt", weights_only=False)
     shard = path / f"optim-rank{rank}.pt"
-    optimizer.load_state_dict(torch.load(shard, weights_only=False) if shard.is_file() else blob["optimizer"])
+    if load_sharded is None:
+        optimizer.load_state_dict(torch.load(shard, weights_only=False) if shard.is_file() else blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     rng_file = path / f"rng-rank{rank}.pt"
     if rng_file.is_file():

@@ -28,6 +28,7 @@ import torch
 
 from core.configio import ConfigError
 from core.metrics import is_scalar, reduce_values, reduction_of, unwrap
+from rl import fsdp
 from rl.config import AlgorithmConfig, TrainingConfig
 from rollouts.records import Prompt, RolloutBatch
 
@@ -106,6 +107,8 @@ def make_accelerator(t: TrainingConfig):
     cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
     if cpu and t.mixed_precision == "fp16":  # accelerate would silently run without autocast
         raise ConfigError("training.mixed_precision: fp16 needs a CUDA GPU; on CPU use bf16 or no")
+    if cpu and launched:  # accelerate would run plain multi-process training whatever the launcher asked for
+        fsdp.check_cpu_request(fsdp.requested())
     return Accelerator(cpu=cpu, mixed_precision=t.mixed_precision)
 
 
@@ -118,11 +121,53 @@ class Dist:
         self.world_size: int = accelerator.num_processes
         self.is_main: bool = accelerator.is_main_process
         self.device: torch.device = accelerator.device
+        # FSDP asked for on CPU processes: accelerate set up plain multi-process training, r1kit shards (rl.fsdp).
+        request, kind = fsdp.requested(), getattr(getattr(accelerator, "distributed_type", None), "value", None)
+        self.own_fsdp = request if kind == "MULTI_CPU" and request.strategy == "FSDP" else None
+
+    @property
+    def strategy(self) -> str:
+        """How the model is spread over processes: ``FSDP``, ``DEEPSPEED``, ``MULTI_GPU``, ``MULTI_CPU`` (DDP) or
+        ``NO`` (one process); what ``summary.json`` records as ``distributed_type``."""
+        return "FSDP" if self.own_fsdp is not None else self.accelerator.distributed_type.value
 
     @property
     def sharded(self) -> bool:
         """FSDP or DeepSpeed: weights and optimizer state are split over processes (DDP keeps full copies)."""
-        return self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
+        return self.strategy in ("FSDP", "DEEPSPEED")
+
+    def prepare(self, model: torch.nn.Module, make_optimizer, *, mixed_precision: str):
+        """(train_model, optimizer): ``model`` wrapped for training (DDP, FSDP2, DeepSpeed) and the optimizer
+        ``make_optimizer(params)`` builds over its trainable parameters. Under r1kit's own FSDP2 the model is
+        sharded in place first (the optimizer must see the sharded parameters), and accelerate wraps nothing."""
+        if self.own_fsdp is not None:
+            fsdp.shard(model, self.own_fsdp, world_size=self.world_size, mixed_precision=mixed_precision)
+            return model, make_optimizer([p for p in model.parameters() if p.requires_grad])
+        optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
+        return self.accelerator.prepare(model, optimizer)
+
+    def clip_grad_norm(self, params: list[torch.Tensor], max_norm: float) -> torch.Tensor | None:
+        """The gradients' global norm before clipping (None: DeepSpeed clips inside its step)."""
+        if self.own_fsdp is not None:  # DTensor gradients: the norm is computed over all shards
+            return fsdp.local_norm(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        return self.accelerator.clip_grad_norm_(params, max_norm)
+
+    def any_process(self, flag: bool) -> bool:
+        """Whether ``flag`` is set on any process (a collective: every process calls it)."""
+        if self.world_size == 1:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
+
+    def pad_to_equal(self, items: list[T], *, filler: T) -> tuple[list[T], int]:
+        """``items`` (this process's share) padded with ``filler`` to the largest share, and the number of real
+        items: with sharded weights every forward is collective, so every process must generate for as many rows
+        as the others, an empty share included. Unchanged when the weights are whole."""
+        if not self.sharded or self.world_size == 1:
+            return items, len(items)
+        most = int(max(self.gather_objects(len(items))))
+        return items + [filler] * (most - len(items)), len(items)
 
     def local_sizes(self, a: AlgorithmConfig, t: TrainingConfig) -> LocalSizes:
         sizes = local_sizes(a, t, self.world_size)
@@ -137,7 +182,18 @@ class Dist:
     def full_state_dict(self, train_model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
         """Under FSDP / ZeRO-3, the whole model's state dict gathered from the shards (complete on process 0;
         every process must call this). None otherwise: the plain module already holds full tensors."""
+        if self.own_fsdp is not None:
+            return fsdp.full_state_dict(train_model)
         return self.accelerator.get_state_dict(train_model) if self.sharded else None
+
+    def sharded_checkpoint(self, model: torch.nn.Module, optimizer):
+        """(save, load) of the sharded weights and optimizer state into / from a directory, each a collective
+        (``rl.fsdp``, torch.distributed.checkpoint); (None, None) where checkpoints hold whole weights."""
+        if self.own_fsdp is None:
+            return None, None
+        return (lambda path: fsdp.save_sharded(model, optimizer, path)), (
+            lambda path: fsdp.load_sharded(model, optimizer, path)
+        )
 
     def shard(self, items: Sequence[T]) -> list[T]:
         """This process's share: items ``[rank::world_size]``."""
@@ -175,8 +231,13 @@ class Dist:
         return (total / self.world_size).to(n_tokens.device)
 
     def no_sync(self, model: torch.nn.Module, *, last: bool):
-        """Skip DDP's gradient all-reduce on all but the last micro-batch of a mini-batch (accumulation)."""
-        return contextlib.nullcontext() if last or self.world_size == 1 else self.accelerator.no_sync(model)
+        """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP2) on all but the last micro-batch of a
+        mini-batch (accumulation)."""
+        if last or self.world_size == 1:
+            return contextlib.nullcontext()
+        if self.own_fsdp is not None:
+            return _fsdp2_no_sync(model)
+        return self.accelerator.no_sync(model)
 
     def reduce_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """Metrics of the whole step from every process's own, as plain values. Each scalar combines as declared
@@ -197,6 +258,15 @@ class Dist:
                 vals = [m[k] for m in per_rank]
                 out[k] = vals[0] if all(v == vals[0] for v in vals) else torch.tensor(vals).mean(0).tolist()
         return out
+
+
+@contextlib.contextmanager
+def _fsdp2_no_sync(model: torch.nn.Module):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
 
 
 def generate_seeded(

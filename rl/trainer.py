@@ -82,9 +82,9 @@ class GRPOTrainer:
             self.moe.sites, temperature=r.temperature, single_forward=self.dist.world_size > 1
         )
         a, t = cfg.algorithm, cfg.training
-        optimizer = make_optimizer(  # over float32 master weights when the trainable weights are bf16 / fp16
+        optimizer = lambda params: make_optimizer(  # noqa: E731  # float32 master weights over bf16 / fp16 weights
             t.optimizer,
-            [p for p in self.policy.model.parameters() if p.requires_grad],
+            params,
             lr=t.lr,
             betas=t.adam_betas,
             weight_decay=t.weight_decay,
@@ -92,8 +92,12 @@ class GRPOTrainer:
             sharded=self.dist.sharded,
         )
         # train_model: the model as wrapped for training (DDP / FSDP / autocast); used for the gradient forward
-        # only. policy.model stays the plain module, for generation, no-grad log-probs and saving.
-        self.train_model, self.optimizer = accelerator.prepare(self.policy.model, optimizer)
+        # only. policy.model stays the plain module (DDP), for generation, no-grad log-probs and saving; r1kit's own
+        # FSDP2 (CPU) shards it in place, so there both are the same sharded module.
+        self.train_model, optimizer = self.dist.prepare(
+            self.policy.model, optimizer, mixed_precision=t.mixed_precision
+        )
+        self.optimizer = optimizer
         self.params = [p for p in self.train_model.parameters() if p.requires_grad]
         self.logprob_chunks = HalvingChunks(t.logprob_micro_batch_size or t.micro_batch_size)
         self.updates_per_step = a.num_iterations * (a.batch_size // (a.mini_batch_size or a.batch_size))
@@ -160,7 +164,10 @@ class GRPOTrainer:
             stop=r.stop,
             batch_size=r.generation_batch_size,
             sampler=r.sampler,
-            fused_decode=r.fused_decode,
+            # Sharded weights: every forward is collective, so every process decodes in step with the others and
+            # through the model's forward (the fused step reads weights directly).
+            fused_decode=r.fused_decode and not self.dist.sharded,
+            sync=self.dist.any_process if self.dist.sharded and self.dist.world_size > 1 else None,
             threads=r.torch_threads,
         )
 
@@ -204,6 +211,7 @@ class GRPOTrainer:
             "steps": self.step,
             "wall_seconds": time.time() - self.started,
             "world_size": self.dist.world_size,
+            "distributed_type": self.dist.strategy,
             "eval_prompts": len(self.data.eval),
             "eval_reward": self.cfg.rewards.rules[0].label,
             "model": self.cfg.model.name_or_path,
@@ -413,7 +421,7 @@ class GRPOTrainer:
             if old_logp_BT is None:
                 seen_BT[rows] = logp_BT.detach().float()
         max_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
-        norm = self.dist.accelerator.clip_grad_norm_(self.params, max_norm)  # None: DeepSpeed clips itself
+        norm = self.dist.clip_grad_norm(self.params, max_norm)  # None: DeepSpeed clips itself
         sums["grad_norm"] += math.nan if norm is None else float(norm)
         self.optimizer.step()
         self.scheduler.step()
@@ -425,11 +433,13 @@ class GRPOTrainer:
         mean (abstentions count as wrong). Each process scores its share of the prompts; the sums are added up."""
         if not self.data.eval:
             return {"accuracy": float("nan")}
-        prompts = self.dist.shard(self.data.eval)
+        # Sharded weights: every process generates as many rows as the others (the padding is not scored).
+        prompts, n_real = self.dist.pad_to_equal(self.dist.shard(self.data.eval), filler=self.data.eval[0])
         labels = [spec.label for spec in self.cfg.rewards.rules]
         sums = dict.fromkeys(["_n", "completion_len", *labels], 0.0)
         if prompts:
             batch = self.backend.generate(prompts, list(range(len(prompts))), num_generations=1, greedy=True)
+            batch = RolloutBatch(batch.completions[:n_real])
             scores = self._score_rewards(batch)
             sums.update({c.label: sum(v or 0.0 for v in c.values) for c in scores.rewards})
             sums["_n"], sums["completion_len"] = len(batch), sum(c.num_tokens for c in batch.completions)
@@ -451,6 +461,7 @@ class GRPOTrainer:
         }
 
     def save_checkpoint(self) -> Path:
+        save_sharded, _ = self.dist.sharded_checkpoint(self.train_model, self.optimizer)
         return save_checkpoint(
             self.run_dir / "checkpoints",
             self.step,
@@ -461,8 +472,9 @@ class GRPOTrainer:
             keep=self.cfg.logging.keep_checkpoints,
             rank=self.dist.rank,
             barrier=self.dist.barrier,
-            full_state=self.dist.full_state_dict(self.train_model),
+            full_state=None if save_sharded else self.dist.full_state_dict(self.train_model),
             optimizer_per_rank=self.dist.sharded,
+            save_sharded=save_sharded,
         )
 
     def _resume(self) -> None:
@@ -473,7 +485,10 @@ class GRPOTrainer:
                 self.metrics_log.truncate_after(0)
                 self.rollout_store.truncate_after(0)
             return
-        state = load_checkpoint(ckpt, self.policy.model, self.optimizer, self.scheduler, rank=self.dist.rank)
+        _, load_sharded = self.dist.sharded_checkpoint(self.train_model, self.optimizer)
+        state = load_checkpoint(
+            ckpt, self.policy.model, self.optimizer, self.scheduler, rank=self.dist.rank, load_sharded=load_sharded
+        )
         self.step = state["step"]
         self.sampler.position = state["data_position"]
         self.base_eval = state["base_eval"]

@@ -216,10 +216,21 @@ def _train_args(model_dir: str, out: Path, steps: int) -> list[str]:
     ]
 
 
-def _launch(args: list[str], dump: Path, processes: int) -> None:
+def _launch(args: list[str], dump: Path, processes: int, config: str | None = None) -> None:
     env = {**os.environ, "R1KIT_DEBUG_DUMP_WEIGHTS": str(dump), "OMP_NUM_THREADS": "1"}
     if processes == 1:
         cmd = [sys.executable, *args]
+    elif config:  # the README's form: a shipped accelerate configuration
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(ROOT / "recipes" / "accelerate" / config),
+            f"--num_processes={processes}",
+            f"--main_process_port={_free_port()}",
+            *args,
+        ]
     else:
         # `--multi_gpu` is accelerate's torchrun launcher; with training.device=cpu the processes form a gloo
         # group. (`--cpu --num_processes 2` goes through the plain launcher, which starts one process unless
@@ -249,12 +260,20 @@ def _metrics(run: Path) -> list[dict]:
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.fixture(scope="module")
+def one_process_run(tiny_random_model_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """(run directory, weights dump) of the 1-process run every multi-process run is compared with."""
+    tmp = tmp_path_factory.mktemp("one-process")
+    _launch(_train_args(tiny_random_model_dir("deepseek_v3"), tmp / "run", steps=3), tmp / "dump", processes=1)
+    return tmp / "run", tmp / "dump"
+
+
 @pytest.mark.slow
-def test_two_processes_match_one_process(tiny_random_model_dir, tmp_path):
+def test_two_processes_match_one_process(tiny_random_model_dir, tmp_path, one_process_run):
     model_dir = tiny_random_model_dir("deepseek_v3")
-    two, one, resumed = tmp_path / "two", tmp_path / "one", tmp_path / "resumed"
+    two, resumed = tmp_path / "two", tmp_path / "resumed"
+    one, dump_one = one_process_run
     _launch(_train_args(model_dir, two, steps=3), tmp_path / "dump-two", processes=2)
-    _launch(_train_args(model_dir, one, steps=3), tmp_path / "dump-one", processes=1)
 
     summary = json.loads((two / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 3
@@ -274,7 +293,7 @@ def test_two_processes_match_one_process(tiny_random_model_dir, tmp_path):
         assert a["completion_len"] == b["completion_len"] and a["reward"] == pytest.approx(b["reward"], abs=1e-6)
         assert a["reward_std"] == pytest.approx(b["reward_std"], abs=1e-6)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
-    w_one = _weights(tmp_path / "dump-one", 0)
+    w_one = _weights(dump_one, 0)
     base_b = {k: v for k, v in w_one.items() if "lora_B" in k}
     assert any(v.abs().max() > 0.01 for v in base_b.values()), "LoRA B starts at 0: training must have moved it"
     diff = max((w0[k] - w_one[k]).abs().max().item() for k in w0)
@@ -290,6 +309,73 @@ def test_two_processes_match_one_process(tiny_random_model_dir, tmp_path):
     w_res = _weights(tmp_path / "dump-resumed", 0)
     assert all(torch.equal(w_res[k], w0[k]) for k in w0)
     assert [m["step"] for m in _metrics(resumed)] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_fsdp2_on_two_cpu_processes_shards_evaluates_resumes_and_matches_one_process(
+    tiny_random_model_dir, tmp_path, one_process_run
+):
+    """The README's FSDP2 command on CPU: r1kit shards the model itself (accelerate would run DDP), every process
+    decodes in step with the other (rollouts and the periodic evaluation), checkpoints are sharded and resume, and
+    the consolidated final adapter loads with peft and matches the 1-process run."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    model_dir = tiny_random_model_dir("deepseek_v3")
+    run, resumed = tmp_path / "fsdp", tmp_path / "resumed"
+    one, dump_one = one_process_run
+    extra = ["--set", "logging.eval_every=2"]
+    _launch([*_train_args(model_dir, run, steps=3), *extra], tmp_path / "dump", processes=2, config="fsdp2.yaml")
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["distributed_type"] == "FSDP" and summary["world_size"] == 2 and summary["steps"] == 3
+    assert json.loads((one / "summary.json").read_text())["distributed_type"] == "NO"
+    m2, m1 = _metrics(run), _metrics(one)
+    assert "eval/accuracy" in m2[1], "the periodic evaluation ran on sharded weights"
+    for a, b in zip(m2, m1, strict=True):  # seeded groups: the same completions, rewards and updates
+        assert a["completion_len"] == b["completion_len"] and a["reward"] == pytest.approx(b["reward"], abs=1e-6)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    # Sharded checkpoint: one shard file per process, each holding part of the weights; no gathered copy.
+    ckpt = run / "checkpoints" / "step-000002"
+    shards = sorted(p.name for p in (ckpt / "dcp").glob("*.distcp"))
+    assert shards == ["__0_0.distcp", "__1_0.distcp"] and not (ckpt / "trainable.safetensors").exists()
+    w_fsdp, w_one = _weights(tmp_path / "dump", 0), _weights(dump_one, 0)  # process 0: the gathered weights
+    assert w_fsdp.keys() == w_one.keys()
+    # Each process's file holds about half of the trainable weights and of AdamW's two moments (3x the weights).
+    total = sum(t.numel() * t.element_size() for t in w_fsdp.values())
+    sizes = [(ckpt / "dcp" / s).stat().st_size for s in shards]
+    assert sum(sizes) > 2.5 * total and all(0.3 * sum(sizes) < n < 0.7 * sum(sizes) for n in sizes), sizes
+    assert max((w_fsdp[k] - w_one[k]).abs().max().item() for k in w_one) < 1e-3
+    # The consolidated final adapter loads with peft on the base and holds the run's weights.
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), str(run / "final"))
+    saved = load_file(str(run / "final" / "adapter_model.safetensors"))
+    assert saved and model.peft_config
+    loaded = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert all(torch.allclose(loaded[n], w_fsdp[n]) for n in loaded if n in w_fsdp) and loaded.keys() & w_fsdp.keys()
+
+    # Resume under FSDP2 from the step-2 checkpoint: step 3 lands on the uninterrupted run's weights.
+    shutil.copytree(ckpt, resumed / "checkpoints" / ckpt.name)
+    (resumed / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in m2[:2]))
+    args = [*_train_args(model_dir, resumed, steps=3), *extra, "--resume"]
+    _launch(args, tmp_path / "dump-resumed", processes=2, config="fsdp2.yaml")
+    w_res = _weights(tmp_path / "dump-resumed", 0)
+    assert all(torch.allclose(w_res[k], w_fsdp[k], atol=1e-6) for k in w_fsdp)
+    assert [m["step"] for m in _metrics(resumed)] == [1, 2, 3]
+
+
+def test_strategies_cpu_cannot_honour_fail_loudly(monkeypatch):
+    from rl.distributed import make_accelerator
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ConfigError, match=r"DeepSpeed, which r1kit runs on CUDA GPUs only .*fsdp2\.yaml"):
+        make_accelerator(TrainingConfig(device="cpu"))
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(ConfigError, match=r"fsdp_version 1: r1kit shards CPU runs with FSDP2 only"):
+        make_accelerator(TrainingConfig(device="cpu"))
 
 
 @pytest.mark.parametrize("name, kind", [("ddp", "MULTI_GPU"), ("fsdp2", "FSDP"), ("zero3", "DEEPSPEED")])
