@@ -144,7 +144,12 @@ class Dist:
             fsdp.shard(model, self.own_fsdp, world_size=self.world_size, mixed_precision=mixed_precision)
             return model, make_optimizer([p for p in model.parameters() if p.requires_grad])
         optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
-        return self.accelerator.prepare(model, optimizer)
+        train_model, optimizer = self.accelerator.prepare(model, optimizer)
+        from torch.distributed.fsdp import FSDPModule
+
+        if isinstance(train_model, FSDPModule):  # accelerate's FSDP2 (GPUs): the root as rl.fsdp.shard keeps it
+            train_model.set_reshard_after_forward(False, recurse=False)
+        return train_model, optimizer
 
     def clip_grad_norm(self, params: list[torch.Tensor], max_norm: float) -> torch.Tensor | None:
         """The gradients' global norm before clipping (None: DeepSpeed clips inside its step)."""

@@ -82,6 +82,7 @@ def shard(model: torch.nn.Module, req: Requested, *, world_size: int, mixed_prec
         fully_shard(layer, mesh=mesh, reshard_after_forward=req.reshard_after_forward, mp_policy=policy)
     # The root (embeddings, final norm, LM head) stays gathered from its forward through backward: r1kit projects
     # the LM head after the model's forward returns and again in backward (rl.lm_head's chunks), on its weights.
+    # (Under accelerate's FSDP2 on GPUs, Dist.prepare sets the same on the root it wraps.)
     fully_shard(model, mesh=mesh, reshard_after_forward=False, mp_policy=policy)
     return model
 
