@@ -180,13 +180,12 @@ def load_checkpoint(
             f"checkpoint {path} was written by a {'sharded (FSDP2)' if sharded else 'DDP / one-process'} run; "
             "resume it the same way (the same accelerate configuration)"
         )
-    if load_sharded is not None:
+    blob = torch.load(path / "optim.pt", weights_only=False)
+    if load_sharded is not None:  # weights and optimizer state, each process its shards
         load_sharded(path / "dcp")
     else:
         _load_weights(path, model)
-    blob = torch.load(path / "optim.pt", weights_only=False)
-    shard = path / f"optim-rank{rank}.pt"
-    if load_sharded is None:
+        shard = path / f"optim-rank{rank}.pt"
         optimizer.load_state_dict(torch.load(shard, weights_only=False) if shard.is_file() else blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     rng_file = path / f"rng-rank{rank}.pt"

@@ -82,7 +82,7 @@ class GRPOTrainer:
             self.moe.sites, temperature=r.temperature, single_forward=self.dist.world_size > 1
         )
         a, t = cfg.algorithm, cfg.training
-        optimizer = lambda params: make_optimizer(  # noqa: E731  # float32 master weights over bf16 / fp16 weights
+        build_optimizer = lambda params: make_optimizer(  # noqa: E731  # float32 masters over bf16 / fp16 weights
             t.optimizer,
             params,
             lr=t.lr,
@@ -94,15 +94,14 @@ class GRPOTrainer:
         # train_model: the model as wrapped for training (DDP / FSDP / autocast); used for the gradient forward
         # only. policy.model stays the plain module (DDP), for generation, no-grad log-probs and saving; r1kit's own
         # FSDP2 (CPU) shards it in place, so there both are the same sharded module.
-        self.train_model, optimizer = self.dist.prepare(
-            self.policy.model, optimizer, mixed_precision=t.mixed_precision
+        self.train_model, self.optimizer = self.dist.prepare(
+            self.policy.model, build_optimizer, mixed_precision=t.mixed_precision
         )
-        self.optimizer = optimizer
         self.params = [p for p in self.train_model.parameters() if p.requires_grad]
         self.logprob_chunks = HalvingChunks(t.logprob_micro_batch_size or t.micro_batch_size)
         self.updates_per_step = a.num_iterations * (a.batch_size // (a.mini_batch_size or a.batch_size))
         self.scheduler = make_scheduler(  # not prepared: accelerate would step it N times
-            optimizer,
+            self.optimizer,
             schedule=t.lr_schedule,
             warmup_steps=t.warmup_steps,
             total_updates=t.max_steps * self.updates_per_step,
