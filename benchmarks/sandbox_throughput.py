@@ -3,6 +3,7 @@ stdio case) and a typical one (ten stdio cases, batched in one process), in Pyth
 includes compiling the program with g++ -O2 in the sandbox). Prints JSON.
 
     python benchmarks/sandbox_throughput.py [--runs 200] [--tiers bwrap unshare process]
+    python benchmarks/sandbox_throughput.py --baseline-rev REV [--rounds 2]   # this tree against REV, same run
 
 Needs root (each slot runs as its own uid). Latency is measured one run at a time (the per-run overhead of the
 sandbox); throughput with every slot busy. Other load on the machine shows up in both, so the load average is
@@ -15,7 +16,9 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,11 +71,52 @@ def runs_per_s(program: str, tests: dict, tier: str, n: int, language: str = "py
     return round(n / dt, 1)
 
 
+COMPARED = ("trivial_runs_per_s", "typical_10case_runs_per_s", "cpp_trivial_runs_per_s")
+"""Throughputs compared against a baseline revision (higher is better); latencies by their median (lower is)."""
+
+
+def _one(script: Path, runs: int, tiers: list[str]) -> dict:
+    cmd = [sys.executable, str(script), "--runs", str(runs), "--tiers", *tiers]
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+
+
+def compare(rev: str, rounds: int, runs: int, tiers: list[str]) -> dict:
+    """This tree's benchmark and ``rev``'s (a git worktree), alternated ``rounds`` times in this one run, so both
+    see the same machine and load; ratios are this tree over ``rev`` (median over rounds)."""
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "base"
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "-q", "--detach", str(base), rev], check=True)
+        try:
+            pairs = [
+                (_one(base / "benchmarks" / Path(__file__).name, runs, tiers), _one(Path(__file__), runs, tiers))
+                for _ in range(rounds)
+            ]
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(base)], check=True)
+    ratios: dict[str, dict[str, float]] = {}
+    for tier in tiers:
+        if any("unavailable" in side["tiers"].get(tier, {"unavailable": 1}) for pair in pairs for side in pair):
+            continue
+        r = {k: [new["tiers"][tier][k] / old["tiers"][tier][k] for old, new in pairs] for k in COMPARED}
+        r["trivial_latency_median"] = [
+            new["tiers"][tier]["trivial_latency_ms"]["median"] / old["tiers"][tier]["trivial_latency_ms"]["median"]
+            for old, new in pairs
+        ]
+        ratios[tier] = {k: round(statistics.median(v), 3) for k, v in r.items()}
+    return {"baseline_rev": rev, "rounds": rounds, "runs": runs, "ratios_new_over_baseline": ratios, "pairs": pairs}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--tiers", nargs="*", default=["bwrap", "unshare", "process"])
+    ap.add_argument("--baseline-rev", help="also run this benchmark at a git revision, alternating, and give ratios")
+    ap.add_argument("--rounds", type=int, default=2, help="with --baseline-rev: alternations of the two")
     args = ap.parse_args()
+    if args.baseline_rev:
+        print(json.dumps(compare(args.baseline_rev, args.rounds, args.runs, args.tiers), indent=2))
+        return
     sb = get_sandbox()
     out = {
         "slots": len(sb.slots),
