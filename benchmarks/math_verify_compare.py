@@ -29,6 +29,10 @@ DISPUTED = {
     "c0329": "same as c0327 with \\r\\n",
     "c0413": "comma lists are order-free here (as in Math-Verify and c0187/c0210); hendrycks convention",
     "c0419": "same as c0413",
+    "c0449": "1 differs from the gold 1.0001 at the gold's precision; the label encodes a rel_tol=1e-4 grader "
+    "(docs/math_checking.md)",
+    "c0494": "0.0666668 rounds the gold 0.066666793 to fewer digits, unasked; the label encodes AReaL's rounding of "
+    "both sides to 6 decimals",
 }
 
 

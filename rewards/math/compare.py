@@ -1,15 +1,19 @@
 """Deciding whether two parsed answers are equal.
 
-``equal(gold, pred, use_sympy)`` walks the two structures. With ``use_sympy=False`` only plain numbers are compared
-(in-process, no timeout needed) and anything else raises ``NeedsSympy``; the worker pool calls it again with
-``use_sympy=True``. LaTeX leaves go through latex2sympy2_extended's grammar parser (never ``sympify``/``eval``),
-and ``too_big`` rejects expressions such as ``10^{10^{10}}`` before anything evaluates them.
+``equal(gold, pred, use_sympy, rules)`` walks the two structures (``rules``: rounding asked for, lowest terms).
+With ``use_sympy=False`` only plain numbers are compared (in-process, no timeout needed) and anything else raises
+``NeedsSympy``; the worker pool calls it again with ``use_sympy=True``. LaTeX leaves go through
+latex2sympy2_extended's grammar parser (never ``sympify``/``eval``), and ``too_big`` rejects expressions such as
+``10^{10^{10}}`` before anything evaluates them. Plain numbers follow one precision policy on both paths
+(``numbers.numbers_match``; docs/math_checking.md).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
+from decimal import Decimal
 from fractions import Fraction
 from functools import lru_cache
 
@@ -17,7 +21,7 @@ import mpmath
 import sympy
 from latex2sympy2_extended.latex2sympy2 import ConversionConfig, latex2sympy
 
-from rewards.math.numbers import Num, close, numbers_match, parse_number, rounds_to
+from rewards.math.numbers import EXACT, Num, Rules, numbers_match, parse_arith, parse_number, reduced, requested_place
 from rewards.math.structure import Atom, Choice, Cup, Items, Node, Rel, Span, Text
 
 WARMUP_TEX = (
@@ -53,28 +57,28 @@ class NeedsSympy(Exception):
     """The fast path met something other than a plain number."""
 
 
-def equal(gold: Node, pred: Node, use_sympy: bool) -> bool:
+def equal(gold: Node, pred: Node, use_sympy: bool, rules: Rules = EXACT) -> bool:
     gold, pred = _unwrap(gold), _unwrap(pred)
     if gold == pred:  # the same answer written the same way (after normalization): no math needed
         return True
     if isinstance(gold, Rel) and gold.op == "=":
-        return _equal_eq(gold, pred, use_sympy)
+        return _equal_eq(gold, pred, use_sympy, rules)
     if isinstance(pred, Rel) and pred.op == "=":
-        return equal(gold, pred.rhs, use_sympy)  # "\sqrt{4} = 2" answers 2
+        return equal(gold, pred.rhs, use_sympy, rules)  # "\sqrt{4} = 2" answers 2
     if isinstance(gold, Choice):
         return _letter(pred) == gold.letter
     if isinstance(gold, Text) or isinstance(pred, Text):
         return _plain(gold) is not None and _plain(gold) == _plain(pred)
     if isinstance(gold, Atom) and isinstance(pred, Atom):
-        return _equal_atoms(gold, pred, use_sympy)
+        return _equal_atoms(gold, pred, use_sympy, rules)
     if isinstance(gold, Items) and isinstance(pred, Items):
-        return _equal_items(gold, pred, use_sympy)
+        return _equal_items(gold, pred, use_sympy, rules)
     if isinstance(gold, Span | Items) and isinstance(pred, Span | Items):
-        return _equal_spans(_as_span(gold), _as_span(pred), use_sympy)
+        return _equal_spans(_as_span(gold), _as_span(pred), use_sympy, rules)
     if isinstance(gold, Cup) and isinstance(pred, Cup):
-        return _matching(gold.parts, pred.parts, use_sympy)
+        return _matching(gold.parts, pred.parts, use_sympy, rules)
     if isinstance(gold, Rel) and isinstance(pred, Rel):
-        return gold.op == pred.op and _same_relation(gold, pred, use_sympy)
+        return gold.op == pred.op and _same_relation(gold, pred, use_sympy, rules)
     return False
 
 
@@ -84,15 +88,15 @@ def _unwrap(node: Node) -> Node:
     return node
 
 
-def _equal_eq(gold: Rel, pred: Node, use_sympy: bool) -> bool:
+def _equal_eq(gold: Rel, pred: Node, use_sympy: bool, rules: Rules = EXACT) -> bool:
     if isinstance(pred, Rel) and pred.op == "=":
         if not gold.label or not pred.label:
             if not gold.label and not pred.label or not isinstance(gold.lhs, Atom) or not isinstance(pred.lhs, Atom):
-                return _same_relation(gold, pred, use_sympy)
-            if _same_relation(gold, pred, use_sympy):
+                return _same_relation(gold, pred, use_sympy, rules)
+            if _same_relation(gold, pred, use_sympy, rules):
                 return True
-        return equal(gold.rhs, pred.rhs, use_sympy)
-    return gold.label and equal(gold.rhs, pred, use_sympy)
+        return equal(gold.rhs, pred.rhs, use_sympy, rules)
+    return gold.label and equal(gold.rhs, pred, use_sympy, rules)
 
 
 def _letter(node: Node) -> str | None:
@@ -112,15 +116,15 @@ def _plain(node: Node) -> str | None:
     return None
 
 
-def _equal_items(gold: Items, pred: Items, use_sympy: bool) -> bool:
+def _equal_items(gold: Items, pred: Items, use_sympy: bool, rules: Rules = EXACT) -> bool:
     by_name = _by_name(gold, pred)
     if by_name is not None:  # "a_3 = 2, a_{37} = 19" answers "a_{37} = 19, a_3 = 2"
-        return all(equal(g, p, use_sympy) for g, p in zip(gold.items, by_name, strict=True))
+        return all(equal(g, p, use_sympy, rules) for g, p in zip(gold.items, by_name, strict=True))
     if "tuple" in (gold.kind, pred.kind) and "set" not in (gold.kind, pred.kind):
         if len(gold.items) != len(pred.items):
             return False
-        return all(equal(g, p, use_sympy) for g, p in zip(gold.items, pred.items, strict=True))
-    return _matching(_unique(gold.items), _unique(pred.items), use_sympy)
+        return all(equal(g, p, use_sympy, rules) for g, p in zip(gold.items, pred.items, strict=True))
+    return _matching(_unique(gold.items), _unique(pred.items), use_sympy, rules)
 
 
 def _by_name(gold: Items, pred: Items) -> tuple[Node, ...] | None:
@@ -138,13 +142,13 @@ def _unique(nodes: tuple[Node, ...]) -> tuple[Node, ...]:
     return tuple(dict.fromkeys(nodes))
 
 
-def _matching(gold: tuple[Node, ...], pred: tuple[Node, ...], use_sympy: bool) -> bool:
+def _matching(gold: tuple[Node, ...], pred: tuple[Node, ...], use_sympy: bool, rules: Rules = EXACT) -> bool:
     """Order-free: every gold part equals a distinct pred part (greedy, fine for answer-sized lists)."""
     if len(gold) != len(pred):
         return False
     left = list(pred)
     for g in gold:
-        hit = next((i for i, p in enumerate(left) if equal(g, p, use_sympy)), None)
+        hit = next((i for i, p in enumerate(left) if equal(g, p, use_sympy, rules)), None)
         if hit is None:
             return False
         left.pop(hit)
@@ -159,18 +163,20 @@ def _as_span(node: Node) -> Span | None:
     return None
 
 
-def _equal_spans(gold: Span | None, pred: Span | None, use_sympy: bool) -> bool:
+def _equal_spans(gold: Span | None, pred: Span | None, use_sympy: bool, rules: Rules = EXACT) -> bool:
     if gold is None or pred is None or (gold.lo_closed, gold.hi_closed) != (pred.lo_closed, pred.hi_closed):
         return False
-    return equal(gold.lo, pred.lo, use_sympy) and equal(gold.hi, pred.hi, use_sympy)
+    return equal(gold.lo, pred.lo, use_sympy, rules) and equal(gold.hi, pred.hi, use_sympy, rules)
 
 
 # ---- leaves -------------------------------------------------------------------------------------------------
 
 
-def _equal_atoms(gold: Atom, pred: Atom, use_sympy: bool) -> bool:
+def _equal_atoms(gold: Atom, pred: Atom, use_sympy: bool, rules: Rules = EXACT) -> bool:
     if re.fullmatch(r"\d+:\d\d", gold.tex) or re.fullmatch(r"\d+:\d\d", pred.tex):
         return gold.tex == pred.tex  # a clock time, not the ratio 12:00
+    if rules.lowest_terms and reduced(pred.tex) is False:
+        return False  # "2/4" where the task asks for lowest terms (by value it equals 1/2)
     g, p = _value(gold.tex, use_sympy), _value(pred.tex, use_sympy)
     if g is None or p is None:
         return False
@@ -178,9 +184,12 @@ def _equal_atoms(gold: Atom, pred: Atom, use_sympy: bool) -> bool:
         # "10%" for the gold 10: the question asked for a percentage and the gold omits the sign (NeMo-Skills and
         # Qwen graders). Only for whole numbers, where that reading is the usual one: "4 4/9%" stays 40/900.
         return True
-    golds = [_scale(g, 100), g] if gold.pct else [g]
+    # A rounding place asked of a percentage ("to the nearest tenth" of 12.5%) is a place of the percent: compared
+    # as a fraction (0.125) it is two places further right.
+    in_percent = replace(rules, places=rules.places + 2) if rules.places is not None else rules
+    golds = [(_scale(g, 100), in_percent), (g, rules)] if gold.pct else [(g, rules)]
     preds = [p] if gold.pct and pred.pct else [_scale(p, 100)] if pred.pct else [p]
-    return any(_equal_values(a, b) for a in golds for b in preds)
+    return any(_equal_values(a, b, r) for a, r in golds for b in preds)
 
 
 def _whole(v: Num | sympy.Basic) -> bool:
@@ -188,7 +197,7 @@ def _whole(v: Num | sympy.Basic) -> bool:
 
 
 def _value(tex: str, use_sympy: bool) -> Num | sympy.Basic | None:
-    num = parse_number(tex)
+    num = parse_number(tex) or parse_arith(tex)  # "10^2" needs no sympy (nor a worker)
     if num is not None:
         return num
     if not use_sympy:
@@ -211,13 +220,56 @@ def valid(node: Node, use_sympy: bool) -> bool:
 
 
 def _scale(v: Num | sympy.Basic, by: int) -> Num | sympy.Basic:
-    return Num(v.value / by, None) if isinstance(v, Num) else v / by
+    """``v / by`` (a percentage as a fraction); a decimal keeps its precision: 12.5% is 0.125, written to 3 places."""
+    if isinstance(v, Num):
+        shift = len(str(by)) - 1  # by is a power of ten
+        return Num(v.value / by, None if v.decimals is None else v.decimals + shift, v.approx)
+    return v / by
 
 
-def _equal_values(a: Num | sympy.Basic, b: Num | sympy.Basic) -> bool:
-    if isinstance(a, Num) and isinstance(b, Num):
-        return numbers_match(a, b)
-    return sympy_equal(_to_sym(a), _to_sym(b))
+def _equal_values(gold: Num | sympy.Basic, pred: Num | sympy.Basic, rules: Rules = EXACT) -> bool:
+    g, p = as_num(gold), as_num(pred)
+    if _plain_pair(g, p):
+        return numbers_match(g, p, rules)
+    return sympy_equal(_to_sym(gold), _to_sym(pred), rules)
+
+
+def _plain_pair(g: Num | None, p: Num | None) -> bool:
+    """Both are plain real numbers and the precision policy decides: one is a decimal, or both are exact rationals
+    (two exact irrationals are compared exactly by sympy instead)."""
+    if g is None or p is None:
+        return False
+    return g.decimals is not None or p.decimals is not None or not (g.approx or p.approx)
+
+
+def as_num(v: Num | sympy.Basic) -> Num | None:
+    """``v`` as a plain real number: a parsed ``Num``; a bare sympy ``Float`` (its places from its shortest repr); a
+    ``Rational``; or an exact real constant such as ``\\sqrt{2}``, approximated to 30 digits and marked ``approx``.
+    None for anything else (symbols, complex values, decimals inside a larger expression, infinities)."""
+    if isinstance(v, Num):
+        return v
+    if not isinstance(v, sympy.Expr) or v.free_symbols or not v.is_number:
+        return None
+    if isinstance(v, sympy.Float):
+        return _float_num(float(v))
+    if isinstance(v, sympy.Rational):
+        return Num(Fraction(int(v.p), int(v.q)))
+    if v.has(sympy.Float):
+        return None
+    try:
+        re_part, im_part = v.evalf(30).as_real_imag()
+        if im_part != 0:
+            return None
+        return Num(Fraction(str(re_part.evalf(30))), None, True)
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError):
+        return None
+
+
+def _float_num(x: float) -> Num | None:
+    if not math.isfinite(x):
+        return None
+    d = Decimal(repr(x))
+    return Num(Fraction(d), max(-d.as_tuple().exponent, 0))
 
 
 def _to_sym(v: Num | sympy.Basic) -> sympy.Basic:
@@ -280,50 +332,43 @@ def too_big(expr: sympy.Basic | sympy.MatrixBase) -> bool:
     return any(magnitude(sympy.sympify(x) if not isinstance(x, sympy.Basic) else x) > MAX_DIGITS for x in items)
 
 
-def sympy_equal(a: sympy.Basic, b: sympy.Basic) -> bool:
+def sympy_equal(a: sympy.Basic, b: sympy.Basic, rules: Rules = EXACT) -> bool:
+    """``a`` (the gold) equals ``b``: matrices entry by entry, plain numbers by ``numbers_match``'s policy, other
+    constants exactly (to 1e-12 relative), expressions in symbols as functions."""
     if isinstance(a, sympy.MatrixBase) or isinstance(b, sympy.MatrixBase):
         if not (isinstance(a, sympy.MatrixBase) and isinstance(b, sympy.MatrixBase)) or a.shape != b.shape:
             return False
-        return all(sympy_equal(x, y) for x, y in zip(a, b, strict=True))
+        return all(sympy_equal(x, y, rules) for x, y in zip(a, b, strict=True))
     if not isinstance(a, sympy.Expr) or not isinstance(b, sympy.Expr):
         return a == b
     if a == b:
         return True
     if a.free_symbols or b.free_symbols:
         return _same_function(a - b)
-    return _same_number(a, b)
+    return _same_number(a, b, rules)
 
 
-def _same_number(a: sympy.Expr, b: sympy.Expr) -> bool:
-    try:
-        x, y = complex(a.evalf(30)), complex(b.evalf(30))
-    except (TypeError, ValueError, OverflowError):
-        return False
-    if a.has(sympy.Float) or b.has(sympy.Float):
-        if close(abs(x), abs(y)) and close(x.real, y.real) and close(x.imag, y.imag):
-            return True
-        # Rounding excuses a decimal only against an exact value (as ``numbers_match``): 2.23 is not 2.232.
-        return (not b.has(sympy.Float) and _rounded(a, y, x)) or (not a.has(sympy.Float) and _rounded(b, x, y))
+def _same_number(a: sympy.Expr, b: sympy.Expr, rules: Rules = EXACT) -> bool:
+    g, p = as_num(a), as_num(b)
+    if _plain_pair(g, p):
+        return numbers_match(g, p, rules)  # the same policy as the fast path (0.33 in a matrix is 1/3)
     try:  # mpmath keeps any exponent: as floats 1/2004! and 1/2006! both underflow to 0.0
         mx, my = _mp(a), _mp(b)
     except (TypeError, ValueError):
         return False
-    return abs(mx - my) <= mpmath.mpf("1e-12") * max(abs(mx), abs(my))  # relative: 2^-99 and 2^-98 differ
+    if rules.places is not None or rules.sig_figs is not None:
+        if not (mpmath.isfinite(mx) and mpmath.isfinite(my)):
+            return False
+        place = requested_place(g or Num(Fraction(str(abs(mx))), None, True), rules)  # from the gold's magnitude
+        return abs(mx - my) <= mpmath.mpf(10) ** -place / 2
+    # Exact constants, or decimals inside a larger expression (10\sqrt{10.5}): equal up to the representation of
+    # a binary float, never a tolerance that would excuse a wrong digit (relative: 2^-99 and 2^-98 differ).
+    return abs(mx - my) <= mpmath.mpf("1e-12") * max(abs(mx), abs(my))
 
 
 def _mp(e: sympy.Expr) -> mpmath.mpc:
     re_part, im_part = e.evalf(30).as_real_imag()
     return mpmath.mpc(mpmath.mpmathify(re_part.evalf(30)), mpmath.mpmathify(im_part.evalf(30)))
-
-
-def _rounded(shown: sympy.Expr, exact: complex, _shown_value: complex) -> bool:
-    """``shown`` is a decimal written with k >= 2 places and ``exact`` (not a decimal) rounds to it."""
-    if not isinstance(shown, sympy.Float) or exact.imag:
-        return False
-    text = f"{float(shown):.12f}".rstrip("0")
-    places = len(text.split(".")[1]) if "." in text else 0
-    exact_num = Num(Fraction(exact.real).limit_denominator(10**12))
-    return rounds_to(exact_num, Num(Fraction(text), places))
 
 
 def _same_function(d: sympy.Expr) -> bool:
@@ -344,7 +389,7 @@ def _same_function(d: sympy.Expr) -> bool:
         return False
 
 
-def _same_relation(gold: Rel, pred: Rel, use_sympy: bool) -> bool:
+def _same_relation(gold: Rel, pred: Rel, use_sympy: bool, rules: Rules = EXACT) -> bool:
     """``a op b`` and ``c op d`` agree when (a-b)/(c-d) is a constant, positive for inequalities."""
     if not all(isinstance(n, Atom) for n in (gold.lhs, gold.rhs, pred.lhs, pred.rhs)):
         return False

@@ -1,15 +1,17 @@
-"""Finding the final answer in a completion: pure string work, no math.
+"""Finding the final answer in a completion: pure string work, no math (policy tables: docs/math_checking.md).
 
-``answer_candidates`` lists the strings that may hold the answer, best first; the checker uses the first one that
-parses (so ``$\\sum...$ and $42$`` still yields ``42`` when the sum cannot be parsed). Only the text before a
-chat-turn token (``<|im_start|>``), after ``</think>`` and inside the last ``<answer>`` is searched. Priority:
+Only the text before a chat-turn token (``<|im_start|>``), after ``</think>`` and inside the last ``<answer>`` is
+searched. ``final_answer`` gives the readings of the answer, best first (the checker uses the first that parses):
 
-1. the last ``\\boxed{}``/``\\fbox{}`` (boxes that belong together joined: ``\\boxed{1} and \\boxed{2}``) and the
-   last "the answer is ..." -- the later of the two first; an answer sentence in prose ("Final Answer: The largest
-   $n$ is 34.") gives itself, then its first quantity;
-2. a number stated after the last delimited math ("... $d = 90/n$. So there are 12 sequences.");
-3. delimited math, last first; a short bare answer (the whole text);
-4. the last number outside formulas (digits inside ``$\\sum_{k=0}^n k$`` are not an answer).
+1. An explicit final answer, the last stated of: the last ``\\boxed{}``/``\\fbox{}`` (boxes that belong together
+   joined: ``\\boxed{1} and \\boxed{2}``; a box after a correction, "Wait, no: \\boxed{7}", replaces the earlier
+   ones), the last "the answer is ..." (an answer sentence in prose, "Final Answer: The largest $n$ is 34.", gives
+   itself, then its first quantity), or a bare number closing the text after them ("... I hope. 42"); else the
+   ``<answer>`` block itself. When it is too long, nested too deep, code-like or does not parse, the completion is
+   wrong: nothing else in the text is consulted.
+2. Only without any explicit answer: a number stated after the last delimited math ("... $d = 90/n$. So there
+   are 12 sequences."), delimited math, last first, a short bare answer (the whole text), the last number outside
+   formulas (digits inside ``$\\sum_{k=0}^n k$`` are not an answer).
 
 >>> answer_candidates("<think>2+2</think><answer>The answer is \\\\boxed{4}.</answer>")[0]
 '4'
@@ -22,11 +24,17 @@ chat-turn token (``<|im_start|>``), after ``</think>`` and inside the last ``<an
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 MAX_COMPLETION_CHARS = 100_000
 """Only the tail of longer completions is searched: the answer is at the end, and regexes stay cheap."""
 MAX_ANSWER_CHARS = 1_000
-"""Longer candidate answers are dropped: no real final answer is that long, and parsing cost grows with size."""
+"""A longer explicit final answer is rejected ("too long"; no real final answer is that long, and parsing cost grows
+with size); longer fallback candidates are dropped."""
+MAX_NESTING = 12
+"""Brackets nested deeper than this reject an explicit final answer ("too deep"): parsers recurse on them."""
+MAX_BOX_UNWRAP = 2
+"""``\\boxed{\\boxed{3}}`` is unwrapped this many levels; deeper boxes stay and are too deep or fail to parse."""
 
 _BOX_RE = re.compile(r"\\{1,2}(?:boxed|fbox)\s*\{")  # "\\boxed{": a doubled escape is still a box
 _ANSWER_TAG_RE = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S)
@@ -42,10 +50,22 @@ _STATES_RE = re.compile(r"is|:|est|=", re.I)
 _ASSIGN_TAIL_RE = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?\s*=\s*$")
 _SYMBOLS_RE = re.compile(r"[^\w\s=<>\\{}]*")
 _TEXT_WRAP_RE = re.compile(r"\\text\s*\{([^{}]*)\}")
+# Program text, not math: Python keywords and calls, code fences, dunders, "==". A prime (f'(x)) and "!=" stay math.
+_CODE_RE = re.compile(
+    r"```|__\w+__|==|\b(?:def|lambda|import|return|elif|while)\b|(?<![\\\w])(?:print|range|len|eval|exec|int|str|"
+    r"float|sum|open|input|sorted|list|dict)\s*\(|\bfor\s+\w+\s+in\b|\w\.\w+\("
+)
 MAX_PHRASES = 20
 """Only the last few "answer is" phrases are looked at (a degenerate completion may repeat one thousands of times)."""
 MAX_SENTENCE_CHARS = 200
 """An answer sentence ("Final Answer: The volume of $ABCH$ is 120.") is searched for a quantity up to this long."""
+_CORRECTION_RE = re.compile(
+    r"\b(?:no|not|nope|wait|actually|sorry|oops|mistake|wrong|error|incorrect|correct(?:ed|ion)?|instead|rather|"
+    r"hmm|recheck|re-?check(?:ing)?|fix|fixed|scratch|but|however|so|thus|hence|therefore|final(?:ly)?|answer)\b",
+    re.I,
+)
+_QUOTES_RE = re.compile(r'^\\?["“]\s*|\s*\\?["”]$')
+_CLOSING_RE = re.compile(r"(?:[.!?]\s+|\n\s*)\$?\s*([-+]?\d[\d,]*(?:\.\d+)?(?:/\d+)?)\s*\$?\s*$")
 _SENTENCE_END_RE = re.compile(r"(?<!\d)\.(?:\s|$)|\.\s|\n|;\s|(?<=\$)\s*\.|\bI hope\b")
 
 
@@ -102,6 +122,8 @@ def _joins(between: str) -> bool:
     if _SYMBOLS_RE.fullmatch("".join(between.split())):  # "\boxed{1}, \boxed{2}", "\boxed{1} ++ \boxed{2}"
         return True
     words = _TEXT_WRAP_RE.sub(r" \1 ", between).split()  # "\text{ for part (a) and }" is four words
+    if _CORRECTION_RE.search(between):
+        return False  # "\boxed{5}. Wait, no: \boxed{7}" corrects the first box: the last one is the answer
     return len(words) <= 4 and bool(_JOIN_RE.match(between))
 
 
@@ -125,6 +147,7 @@ def phrase_answer(text: str) -> tuple[int, list[str]] | None:
             return m.start(), [next(g for g in math.groups() if g is not None)]
         end = _SENTENCE_END_RE.search(rest)
         piece = (rest[: end.start()] if end else rest).strip().rstrip("*").strip()
+        piece = _QUOTES_RE.sub("", piece)  # 'The final answer is \"$12$ and $13$\".'
         if not piece:
             continue
         if piece[0].isdigit() or piece[0] in "-+(\\[{.$":
@@ -170,14 +193,14 @@ def math_segments(text: str) -> list[str]:
     return [c for _, _, c in reversed(_math_spans(text))]
 
 
-def last_number(text: str) -> list[str]:
-    found = _NUMBER_RE.findall(text)
-    return [found[-1]] if found else []
-
-
 def answer_region(text: str) -> str:
     """The part of a completion that holds the answer: before any chat-turn token (``<|im_start|>``: what follows
     is a turn the model made up), after ``</think>``, inside the last ``<answer>``."""
+    return answer_block(text)[0]
+
+
+def answer_block(text: str) -> tuple[str, bool]:
+    """``answer_region`` and whether it is the content of an ``<answer>`` block (an explicit final answer)."""
     text = next((t for t in _TURN_RE.split(text) if t.strip()), "")
     text = text[-MAX_COMPLETION_CHARS:]
     head, sep, tail = text.rpartition("</think>")
@@ -185,28 +208,125 @@ def answer_region(text: str) -> str:
         text = tail
     tags = _ANSWER_TAG_RE.findall(text)
     if tags and tags[-1].strip():
-        text = tags[-1]
-    return text
+        return tags[-1], True
+    return text, False
+
+
+@dataclass(frozen=True)
+class Final:
+    """What a completion gives as its answer (``final_answer``)."""
+
+    candidates: tuple[str, ...]
+    """Readings of the answer, best first; the checker takes the first that parses."""
+    explicit: bool
+    """A box, an "answer is" statement or an ``<answer>`` block gave them: when none parses, the completion is
+    wrong, and no other number in the text is consulted."""
+    problem: str | None = None
+    """Why the explicit answer is rejected before any parsing: "too long", "too deep" or "code-like"."""
+
+
+def final_answer(text: str) -> Final:
+    """The completion's final answer (see the module docstring and docs/math_checking.md).
+
+    >>> final_answer("\\\\boxed{5}. Wait, that is wrong: it is \\\\boxed{7}.").candidates
+    ('7',)
+    >>> final_answer("\\\\boxed{" + "+".join(["1"] * 2000) + "} so 3").problem
+    'too long'
+    >>> final_answer("<answer>for i in range(3): print(i)</answer>").problem
+    'code-like'
+    """
+    region, tagged = answer_block(text)
+    box, phrase = last_boxed_span(region), phrase_answer(region)
+    closing = closing_number(region)
+    last = max(box[1] if box else -1, phrase[0] if phrase else -1)
+    if closing is not None and (box or phrase) and closing[0] >= last:
+        readings = [closing[1]]  # "Final answer is $\sum...$. I hope. 42": the last thing stated is final
+    elif box and not (phrase and phrase[0] >= box[1]):  # the later of the two is final
+        readings = [unbox(box[2])]
+    elif phrase:
+        readings = phrase[1]
+    elif tagged:
+        readings = block_readings(region)
+    else:
+        return Final(tuple(fallback_candidates(region)), False)
+    readings = [r.strip() for r in readings if r.strip()]
+    if not readings:
+        return Final((), True, "empty")
+    return Final(tuple(readings), True, answer_problem(readings[0]))
+
+
+def closing_number(region: str) -> tuple[int, str] | None:
+    """(start, text) of a bare number that ends the text as its own sentence or line ("... I hope. 42", "\\n$1/2$").
+
+    It restates the final answer after the box or "answer is" statement. A list marker ("... Check:\\n1.") is not
+    one: the number may not end with a period."""
+    offset = max(len(region) - MAX_SENTENCE_CHARS, 0)  # the tail only: a regex over 100k newlines is quadratic
+    m = _CLOSING_RE.search(region, offset)
+    return (m.start(1), m.group(1)) if m else None
+
+
+def unbox(content: str) -> str:
+    """``\\boxed{\\boxed{3}}`` is 3: a box whose whole content is another box is unwrapped (a few levels only)."""
+    for _ in range(MAX_BOX_UNWRAP):
+        inner = boxed_spans(content.strip())
+        if len(inner) != 1 or inner[0][0] != 0 or inner[0][1] != len(content.strip()):
+            break
+        content = inner[0][2]
+    return content
+
+
+def answer_problem(answer: str) -> str | None:
+    """Why an explicit answer is rejected unparsed: too long, nested too deep or code-like (else None)."""
+    if len(answer) > MAX_ANSWER_CHARS:
+        return "too long"
+    depth = deepest = 0
+    for c in answer:
+        depth += c in "({[" or -(c in ")}]")
+        deepest = max(deepest, depth)
+    if deepest > MAX_NESTING:
+        return "too deep"
+    if _CODE_RE.search(answer):
+        return "code-like"
+    return None
+
+
+def block_readings(block: str) -> list[str]:
+    """An ``<answer>`` block without a box or answer statement: itself, the one formula it holds, or the one
+    quantity of a short sentence ("<answer>There are 12 eggs.</answer>"; two quantities are no answer)."""
+    out = [block]
+    spans = _math_spans(block)
+    if len(spans) == 1 and not _blank(block, spans).strip(" \t\n.,;:"):
+        out.append(spans[0][2])
+    elif len(block) <= MAX_SENTENCE_CHARS:
+        blanked = _blank(block, spans)
+        quantities = [c for _, _, c in spans if re.search(r"\d", c)] + _NUMBER_RE.findall(blanked)
+        if len(quantities) == 1:
+            out.append(quantities[0])
+    return out
 
 
 def answer_candidates(text: str) -> list[str]:
     """Candidate answer strings, best first (see the module docstring)."""
-    region = answer_region(text)
-    box, phrase = last_boxed_span(region), phrase_answer(region)
+    return list(final_answer(text).candidates)
+
+
+def fallback_candidates(region: str) -> list[str]:
+    """Where a completion states no explicit final answer: delimited math, the number after it, a short bare text,
+    the last number outside formulas."""
     out: list[str] = []
-    if phrase and box and phrase[0] >= box[1]:  # "\boxed{255} ... The final answer is $10,455$."
-        out += phrase[1] + [box[2]]
-    else:
-        out += ([box[2]] if box else []) + (phrase[1] if phrase else [])
     spans = _math_spans(region)
     # Numbers inside a formula are not answers ("$\sum_{k=0}^n ...$" does not say 0 when it fails to parse).
     number = list(_NUMBER_RE.finditer(_blank(region, [s for s in spans if _FORMULA_RE.search(s[2])])))
     if spans and number and number[-1].start() >= spans[-1][1]:
         out.append(number[-1].group())  # "... $d = 90/n$. So there are 12 sequences.": the number comes last
     out += [c for _, _, c in reversed(spans)]
-    if len(region) <= 120 and "$" not in region:
+    bare = len(region) <= 120 and "$" not in region
+    if bare:
         out.append(region)  # a bare answer: "x^2 + 2*x + 1", "(1,4.5)", "4 4/9"
-    out += [number[-1].group()] if number else []
+    # A short bare formula's own digits are no answer: "\forall x>0, f(x) = 0" does not state 0 when sympy rejects
+    # it. (Prose around formulas, "所以 ... (\frac{2}{5}) 吨", still gives its last number.)
+    if number and not (bare and region.isascii() and _FORMULA_RE.search(region)):
+        out.append(number[-1].group())
     seen, unique = set(), []
     for c in out:
         c = c.strip()

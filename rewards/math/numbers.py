@@ -2,17 +2,21 @@
 
 A number is parsed from a regex-validated string into an exact ``Fraction`` (never ``eval``): integers with
 thousands separators, decimals (also with a decimal comma), scientific notation, ``a/b``, ``\\frac{a}{b}`` and
-mixed numbers (``4 4/9``). ``decimals`` remembers how many places a decimal was written with, because a
-rounded decimal answer (``0.33``) is accepted for an exact gold (``1/3``) only to the places it shows.
+mixed numbers (``4 4/9``); ``parse_arith`` also reads plain integer arithmetic (``10^2``, ``3 \\times 4``).
+``decimals`` remembers the place a decimal was written to (``0.33``: 2, ``1.5e3``: -2), because the precision
+policy (``numbers_match``, docs/math_checking.md) depends on it.
 
 >>> parse_number("7,425,000").value, parse_number("1000,99").value, parse_number("-4 4/9").value
 (Fraction(7425000, 1), Fraction(100099, 100), Fraction(-40, 9))
->>> parse_number("1.5e3").value, parse_number("0.33").decimals, parse_number("11 6/6") is None
-(Fraction(1500, 1), 2, True)
+>>> parse_number("1.5e3").value, parse_number("1.5e3").decimals, parse_number("0.33").decimals
+(Fraction(1500, 1), -2, 2)
+>>> parse_number("11 6/6") is None, parse_arith("2^{10} - 3 \\\\times 4")
+(True, Num(value=Fraction(1012, 1), decimals=None, approx=False))
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -42,6 +46,34 @@ class Num:
 
     value: Fraction
     decimals: int | None = None
+    """Places after the point a decimal was written to (``1.5e3``: -2); None for an exact value (``1500``, ``3/2``)."""
+    approx: bool = False
+    """``value`` only approximates (to 30 digits) an exact irrational value such as ``\\sqrt{2}`` (the sympy path)."""
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What a task asks of an answer beyond its value (reward keywords, or read from the prompt).
+
+    ``places`` / ``sig_figs``: the answer is to be rounded (``places=2``: to the hundredth; ``places=-2``: to the
+    hundred); numbers then match when they differ by at most half a unit in that place. ``lowest_terms``: a
+    fraction ``a/b`` with a common factor is rejected."""
+
+    places: int | None = None
+    sig_figs: int | None = None
+    lowest_terms: bool = False
+
+    def __post_init__(self) -> None:
+        if self.sig_figs is not None and self.sig_figs < 1:
+            raise ValueError(f"Rules.sig_figs must be >= 1, got {self.sig_figs}")
+        if self.places is not None and self.sig_figs is not None:
+            raise ValueError("Rules: give places or sig_figs, not both")
+
+
+EXACT = Rules()
+MIN_ROUNDED_PLACES = 2
+"""A decimal stands for an exact value without a finite decimal expansion (1/3, sqrt 2) only when written with at
+least this many places and correctly rounded: ``0.33`` is 1/3, ``0.3`` is not (the Math-Verify corpus convention)."""
 
 
 def parse_number(s: str) -> Num | None:
@@ -74,7 +106,8 @@ def _parse_decimal(s: str) -> Num | None:
         if abs(exp) > MAX_EXPONENT:
             return None
         value *= Fraction(10) ** exp
-        return Num(_signed(m["sign"], value))
+        # e-notation shows a precision as positional decimals do: 1.5e3 is written to the hundreds (place -2)
+        return Num(_signed(m["sign"], value), len(m["frac"] or "") - exp)
     return Num(_signed(m["sign"], value), len(m["frac"]) if m["frac"] else None)
 
 
@@ -101,30 +134,171 @@ def _parse_mixed(s: str) -> Num | None:
     return Num(_signed(m["sign"], whole + Fraction(num, den)))
 
 
-def numbers_match(gold: Num, pred: Num, rel_tol: float = 1e-4) -> bool:
-    """Exact equality, a relative tolerance when a decimal is involved, or an exact value rounded to the places shown.
+def numbers_match(gold: Num, pred: Num, rules: Rules = EXACT) -> bool:
+    """The one precision policy, for positional decimals, thousands separators, percentages and e-notation alike.
 
-    >>> numbers_match(Num(Fraction(1, 3)), parse_number("0.33"))
-    True
-    >>> numbers_match(parse_number("2.23"), parse_number("2.232"))
+    1. Equal values match (``2.50`` is ``2.5``, ``1.5e3`` is ``1500``).
+    2. When the task asks for rounding (``rules``), numbers match when they differ by at most half a unit in the
+       requested place.
+    3. Otherwise a decimal matches only an exact value without a finite decimal expansion (1/3, sqrt 2) that it
+       shows correctly rounded to at least ``MIN_ROUNDED_PLACES`` places. Two different written values never match:
+       a prediction that differs from the gold at the gold's precision is wrong, and rounding a gold written as
+       ``12345.6789`` (or ``1/8``, which is exactly 0.125) to fewer digits needs a request.
+
+    >>> third, eighth = Num(Fraction(1, 3)), Num(Fraction(1, 8))
+    >>> numbers_match(third, parse_number("0.33")), numbers_match(eighth, parse_number("0.13"))
+    (True, False)
+    >>> numbers_match(parse_number("12345.6789"), parse_number("12344.6789"))
     False
+    >>> gold = parse_number("2.23")
+    >>> numbers_match(gold, parse_number("2.232")), numbers_match(gold, parse_number("2.230"))
+    (False, True)
+    >>> numbers_match(parse_number("3.14159"), parse_number("3.14"), Rules(places=2))
+    True
     """
-    if gold.value == pred.value:
+    if gold.value == pred.value and not (gold.approx or pred.approx):
         return True
-    if gold.decimals is None and pred.decimals is None:
-        return False
-    if close(float(gold.value), float(pred.value), rel_tol):
-        return True
+    place = requested_place(gold, rules)
+    if place is not None:
+        return abs(gold.value - pred.value) <= Fraction(1, 2) / Fraction(10) ** place
     return rounds_to(gold, pred) or rounds_to(pred, gold)
 
 
-def close(a: float, b: float, rel_tol: float = 1e-4) -> bool:
-    return abs(a - b) <= rel_tol * max(abs(a), abs(b)) or abs(a - b) <= 1e-9
+def requested_place(gold: Num, rules: Rules) -> int | None:
+    """The decimal place the task asks answers to be rounded to (``sig_figs`` counted from the gold's magnitude)."""
+    if rules.places is not None:
+        return rules.places
+    if rules.sig_figs is None:
+        return None
+    return rules.sig_figs - 1 - _log10_floor(abs(gold.value)) if gold.value else rules.sig_figs - 1
+
+
+def _log10_floor(x: Fraction) -> int:
+    """floor(log10 x) for x > 0, exactly (a float log10 is off for 10**k - tiny)."""
+    e = len(str(x.numerator)) - len(str(x.denominator))  # 10**(e-1) < x < 10**(e+1)
+    return e - 1 if Fraction(10) ** e > x else e
+
+
+def terminates(num: Num) -> bool:
+    """``num`` has a finite decimal expansion (its denominator has no prime factor but 2 and 5)."""
+    if num.approx:
+        return False
+    d = num.value.denominator
+    for p in (2, 5):
+        while d % p == 0:
+            d //= p
+    return d == 1
 
 
 def rounds_to(exact: Num, shown: Num) -> bool:
-    """``shown`` is ``exact`` rounded to the (at least two) decimal places ``shown`` was written with."""
-    if exact.decimals is not None or shown.decimals is None or shown.decimals < 2:
+    """``shown`` is the exact, non-terminating ``exact`` correctly rounded to the (>= 2) places it was written with."""
+    if exact.decimals is not None or shown.decimals is None or shown.decimals < MIN_ROUNDED_PLACES:
         return False
+    if terminates(exact):
+        return False  # 0.13 is not 1/8: that gold has an exact decimal, and 0.13 differs from it
     scale = 10**shown.decimals
     return abs(exact.value * scale - shown.value * scale) <= Fraction(1, 2)
+
+
+_ARITH_TOKEN_RE = re.compile(r"\\times|\\cdot|\\div|\d+|[-+*/^(){}]|\s+")
+MAX_ARITH_TOKENS = 60
+MAX_ARITH_DIGITS = 400
+"""Plain integer arithmetic is decided in-process only up to this many digits (bigger goes to the guarded path)."""
+
+
+def parse_arith(s: str) -> Num | None:
+    """The exact value of plain integer arithmetic (``10^2``, ``2^{10} - 3 \\times 4``, ``(7+5)/4``), or None.
+
+    Decided without sympy so that the first check in a process is not held up by the worker pool's start-up; the
+    grammar is integers, ``+ - * / ^``, ``\\times``, ``\\cdot``, ``\\div`` and brackets, and sizes are bounded before
+    any power is taken.
+    """
+    tokens = _arith_tokens(s)
+    if tokens is None or len(tokens) > MAX_ARITH_TOKENS or not any(t.isdigit() for t in tokens):
+        return None
+    try:
+        value, pos = _sum(tokens, 0)
+    except (_NotArith, ZeroDivisionError):
+        return None
+    return Num(value) if pos == len(tokens) else None
+
+
+class _NotArith(Exception):
+    pass
+
+
+def _arith_tokens(s: str) -> list[str] | None:
+    out, pos = [], 0
+    while pos < len(s):
+        m = _ARITH_TOKEN_RE.match(s, pos)
+        if m is None:
+            return None
+        if not m.group().isspace():
+            out.append({"\\times": "*", "\\cdot": "*", "\\div": "/", "{": "(", "}": ")"}.get(m.group(), m.group()))
+        pos = m.end()
+    return out
+
+
+def _sum(t: list[str], i: int) -> tuple[Fraction, int]:
+    value, i = _product(t, i)
+    while i < len(t) and t[i] in "+-":
+        rhs, j = _product(t, i + 1)
+        value, i = (value + rhs if t[i] == "+" else value - rhs), j
+    return value, i
+
+
+def _product(t: list[str], i: int) -> tuple[Fraction, int]:
+    value, i = _unary(t, i)
+    while i < len(t) and t[i] in "*/":
+        rhs, j = _unary(t, i + 1)
+        value, i = (value * rhs if t[i] == "*" else value / rhs), j
+    return value, i
+
+
+def _unary(t: list[str], i: int) -> tuple[Fraction, int]:
+    if i < len(t) and t[i] in "+-":
+        value, j = _unary(t, i + 1)
+        return (-value if t[i] == "-" else value), j
+    return _power(t, i)
+
+
+def _power(t: list[str], i: int) -> tuple[Fraction, int]:
+    base, i = _atom(t, i)
+    if i < len(t) and t[i] == "^":
+        exp, i = _unary(t, i + 1)  # right-associative: 2^3^2 is 2^9
+        if exp.denominator != 1 or (base == 0 and exp < 0):
+            raise _NotArith
+        digits = max(len(str(abs(base.numerator))), len(str(base.denominator)))
+        if digits * abs(exp.numerator) > MAX_ARITH_DIGITS:
+            raise _NotArith
+        base = base ** int(exp)
+    return base, i
+
+
+def _atom(t: list[str], i: int) -> tuple[Fraction, int]:
+    if i >= len(t):
+        raise _NotArith
+    if t[i].isdigit():
+        if len(t[i]) > MAX_ARITH_DIGITS:
+            raise _NotArith
+        return Fraction(int(t[i])), i + 1
+    if t[i] == "(":
+        value, j = _sum(t, i + 1)
+        if j >= len(t) or t[j] != ")":
+            raise _NotArith
+        return value, j + 1
+    raise _NotArith
+
+
+def reduced(s: str) -> bool | None:
+    """Whether the fraction ``s`` (``a/b``, ``\\frac{a}{b}``, a mixed number) is in lowest terms; None when ``s`` is
+    not a numeric fraction (decimals, integers, radicals: ``lowest_terms`` does not apply to them).
+
+    >>> reduced("2/4"), reduced("-\\\\frac{3}{6}"), reduced("1 2/4"), reduced("3/4"), reduced("0.5")
+    (False, False, False, True, None)
+    """
+    m = _RATIO_RE.fullmatch(s.strip()) or _MIXED_RE.fullmatch(s.strip()) or _MIXED_TEX_RE.fullmatch(s.strip())
+    if not m:
+        return None
+    a, b = (m["a"], m["b"]) if m["a"] is not None else (m["c"], m["d"])
+    return math.gcd(int(a), int(b)) == 1

@@ -306,7 +306,7 @@ def _parse_leaf(s: str, d: int) -> Node | None:
         return parse_answer(inner) if re.search(r"\d", inner) else _text_or_choice(inner)
     if re.fullmatch(r"[A-Za-z][A-Za-z ]+", s) and len(s) > 1 and not re.fullmatch(r"[a-z]{1,2}", s):
         return _text_or_choice(s)
-    if _is_prose(s):
+    if is_prose(s):
         return None  # prose, not an answer
     words = s.split()
     if len(words) > 1 and all(parse_number(w) and (i == 0 or w[0] not in "+-") for i, w in enumerate(words)):
@@ -318,7 +318,7 @@ def _parse_leaf(s: str, d: int) -> Node | None:
     return Atom(s, pct) if s else None
 
 
-def _is_prose(s: str) -> bool:
+def is_prose(s: str) -> bool:
     """Two or more words that are not function names ("it's not 10", "the volume"), and no LaTeX commands."""
     if re.search(r"\\[a-zA-Z]", s):
         return False
