@@ -59,6 +59,25 @@ def _fresh_r1kit_cache(tmp_path_factory):
         os.environ["R1KIT_CACHE"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_sandbox_leftovers():
+    """After the whole session: the shared code sandbox is closed, and no sandbox made in this process left a
+    process (zombies too) or SysV/POSIX IPC object of a slot uid, a claim, a slot cgroup or a work-dir mount
+    behind (``rewards.code.runner.leftovers``). Costs nothing when no test imported the sandbox."""
+    yield
+    import sys
+
+    runner = sys.modules.get("rewards.code.runner")
+    if runner is None:
+        return
+    api = sys.modules.get("rewards.code.api")
+    if api is not None and api._SANDBOX is not None:  # the shared one lives until here (atexit would close it)
+        api._SANDBOX.close()
+    left = runner.leftovers()
+    if left:
+        pytest.fail("code sandbox leftovers after the test session:\n  " + "\n  ".join(left), pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_recipe_run(tmp_path_factory, _fresh_r1kit_cache):
     """The README's main job: ``r1kit train recipes/r1_zero_tiny.yaml``, run once per session as a user would.
@@ -103,9 +122,9 @@ def tiny_run_dir(request) -> Path:
 def make_step(step: int, n_groups: int = 2, G: int = 4) -> tuple[RolloutBatch, RewardScores, torch.Tensor]:
     """A scored batch of ``n_groups`` groups of ``G``: rewards ``acc`` (weight 1) and ``fmt`` (weight 0.5).
 
-    In every group, completion k answers right when k is even; ``fmt`` abstains on k == 1 and ``acc`` too in the
-    last group's k == 1 (so that row's total is None); k == G - 1 was cut at max_new_tokens and has no logprobs;
-    k == 2 holds rich markup, which must print literally.
+    In every group, completion k answers right when k is even; ``fmt`` abstains on k == 1 (so that row has no total:
+    a weighted reward abstained) and ``acc`` too in the last group's k == 1; k == G - 1 was cut at max_new_tokens and
+    has no logprobs; k == 2 holds rich markup, which must print literally.
     """
     comps, acc, fmt, info = [], [], [], []
     for g in range(n_groups):

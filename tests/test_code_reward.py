@@ -53,13 +53,14 @@ def test_function_format_type_exact():
     assert res.pass_fraction == 2 / 3
 
 
-def test_asserts_converted_to_function_cases():
+def test_asserts_run_as_written_one_case_each():
+    # was: literal asserts became function cases and the rest was skipped; now every assert is a judged case
     asserts = "assert is_even(4) == True\nassert is_even(3) is False\nassert is_even(n=10)\n"
     spec = parse_tests({"asserts": asserts})
-    assert [c.kind for c in spec.cases] == ["call", "call", "assert"] and spec.unconverted == 1
+    assert [c.kind for c in spec.cases] == ["check", "check", "check"] and spec.judged == 3
     res = run("def is_even(n):\n    return n % 2 == 0\n", {"asserts": asserts})
     assert res.pass_fraction == 1.0
-    assert [o.status for o in res.outcomes] == ["passed", "passed", "skipped"]  # unconvertible: not counted
+    assert [o.status for o in res.outcomes] == ["passed", "passed", "passed"]
 
 
 def test_humaneval_check_with_entry_point():
@@ -71,12 +72,13 @@ def test_humaneval_check_with_entry_point():
     assert run("def total(xs):\n    return len(xs)\n", tests).pass_fraction == 1 / 2
 
 
-def test_forgeable_asserts_need_opt_in_and_are_marked():
+def test_non_literal_asserts_are_judged_without_opt_in():
+    # was: skipped unless allow_forgeable=True, then run forgeably; now judged unforgeably (the flag is a no-op)
     tests = {"asserts": "assert abs(sq(3) - 9.0) < 1e-9"}
-    skipped = run("def sq(x):\n    return x * x\n", tests)
-    assert [o.status for o in skipped.outcomes] == ["skipped"]
-    res = run("def sq(x):\n    return x * x\n", tests, allow_forgeable=True)
-    assert res.pass_fraction == 1.0 and res.outcomes[0].forgeable
+    for opt_in in (False, True):
+        res = run("def sq(x):\n    return x * x\n", tests, allow_forgeable=opt_in)
+        assert res.pass_fraction == 1.0 and not res.outcomes[0].forgeable
+    assert run("def sq(x):\n    return x + x\n", tests).outcomes[0].status == "failed"
 
 
 def test_stop_on_fail_skips_the_rest():
@@ -125,7 +127,8 @@ def test_cpp_stdio_correct_partial_and_outcomes():
     assert [o.status for o in res.outcomes] == ["passed", "failed", "passed", "failed"]
     assert res.outcomes[1].stdout == "0\n"
     # a compile error reaches every case with the compiler's message; a non-zero exit is an error even when the
-    # output is right; a crash or a timeout costs one case only (the harness runs each case as its own child)
+    # output is right; a crash costs one case only (the harness runs each case as its own child); a timeout spends
+    # the program's whole budget, so the cases after it are timeouts, unrun (was: each case had its own timeout)
     bad = run("int main() { return x; }", ADD_STDIO, language="cpp")
     assert bad.pass_fraction == 0.0 and "compile error" in bad.outcomes[0].error
     assert "not declared" in bad.outcomes[0].stderr
@@ -136,7 +139,8 @@ def test_cpp_stdio_correct_partial_and_outcomes():
         'while (a == 5 && on) {} std::printf("%d\\n", a + b); }\n'
     )
     res = run(spin, ADD_STDIO, language="cpp", timeout_s=1.0)
-    assert [o.status for o in res.outcomes] == ["passed", "timeout", "passed", "passed"]
+    assert [o.status for o in res.outcomes] == ["passed", "timeout", "timeout", "timeout"]
+    assert res.outcomes[3].error.startswith("not run")
 
 
 def test_cpp_without_a_compiler_fails_loudly(monkeypatch):

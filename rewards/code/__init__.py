@@ -1,12 +1,15 @@
 """Code execution rewards: untrusted, model-written programs judged locally in a layered sandbox.
 
-* ``cases``    test formats (stdio / function / asserts) and program extraction (Python, or C++ by fence tag)
+* ``cases``    test formats (stdio / function / asserts, ``check(candidate)`` included) and program extraction
+               (Python, or C++ by fence tag)
 * ``harness``  runs inside the sandbox: confines itself, runs the program (C++: compiles it with g++, then runs
-               it as a child per case), reports raw values on a framed pipe
+               it as a child per case; assert tests: runs the test code itself as the judge, the program in a
+               child that only answers calls with plain values), reports raw values on a framed pipe
 * ``confine``  rlimits, Landlock and seccomp via raw syscalls (used by the harness)
 * ``tiers``    bwrap > unshare > process > rlimits (opt-in); chosen at start-up by trying each for real
 * ``protocol`` limits, the framed result channel and the verdicts (judged here, in the parent)
-* ``runner``   slot pool (one uid, tmpfs and cgroup per slot), the guarded run
+* ``slots``    slots (one uid, tmpfs and cgroup each), the pool that retires a slot it cannot clean, clean-up
+* ``runner``   the sandbox: tier choice, probes, the guarded run under one time budget per program
 * ``reward``   ``code_accuracy`` and ``code_all_pass``
 
 Grading protocol: expected values never enter the sandbox, exit status is never a pass, and only the values the

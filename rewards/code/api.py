@@ -8,8 +8,8 @@ import os
 import threading
 from typing import Any
 
-from rewards.code.cases import Case, extract_code, parse_tests
-from rewards.code.protocol import CodeResult, Limits, Outcome
+from rewards.code.cases import extract_code, parse_tests
+from rewards.code.protocol import CodeResult, Limits
 from rewards.code.runner import Sandbox
 from rewards.code.tiers import TIERS
 
@@ -33,12 +33,6 @@ def get_sandbox() -> Sandbox:
         return _SANDBOX
 
 
-def _cases(tests: Any, allow_forgeable: bool) -> tuple[list[Case], int]:
-    spec = parse_tests(tests)
-    cases = [c for c in spec.cases if c.kind != "assert" or allow_forgeable]
-    return cases, len(spec.cases) - len(cases)
-
-
 def run(
     program: str,
     tests: Any,
@@ -58,27 +52,23 @@ def run(
     sandbox, then judged on ``stdio`` tests; other formats give ``error`` outcomes). A compile error is an
     ``error`` outcome per case carrying the compiler's message.
 
-    ``timeout_s`` (per case) and ``memory_mb`` (per process) override the same fields of ``limits`` (default: the
-    pool's ``Limits()``: 3 s, 512 MB). ``backend`` forces a tier (``bwrap``, ``unshare``, ``process``,
-    ``rlimits``) instead of the one chosen at start-up. Asserts that cannot be turned into function cases run
-    in the sandbox only with ``allow_forgeable=True`` and their outcomes say ``forgeable``; otherwise they are
-    left out (``skipped``).
+    ``timeout_s`` (the program's time budget, all cases together: see ``Limits.timeout_s``) and ``memory_mb``
+    (per process) override the same fields of ``limits`` (default: the pool's ``Limits()``: 3 s, 512 MB).
+    ``backend`` forces a tier (``bwrap``, ``unshare``, ``process``, ``rlimits``) instead of the one chosen at
+    start-up. Asserts tests (MBPP lines, HumanEval's ``check(candidate)``) run as written in a judge process
+    that the program cannot reach (docs/sandbox.md); ``allow_forgeable`` is accepted for old recipes and has no
+    effect (no forgeable mode is left).
     """
     sandbox = get_sandbox()
     base = limits or sandbox.limits
     limits = dataclasses.replace(base, timeout_s=timeout_s or base.timeout_s, memory_mb=memory_mb or base.memory_mb)
-    cases, skipped = _cases(tests, allow_forgeable)
+    cases = parse_tests(tests).cases
     tier = TIERS.get(backend) if backend is not None else None
     if not cases:
-        return CodeResult(0.0, (tier or sandbox.tier).name, [Outcome("skipped")] * skipped)
-    res = sandbox.run_cases(
+        return CodeResult(0.0, (tier or sandbox.tier).name, [])
+    return sandbox.run_cases(
         program, cases, tier=tier, limits=limits, stop_on_fail=stop_on_fail, float_tol=float_tol, language=language
     )
-    if skipped:  # unconverted asserts are reported but not counted
-        res = dataclasses.replace(
-            res, outcomes=res.outcomes + [Outcome("skipped", error="forgeable assert")] * skipped
-        )
-    return res
 
 
 def run_many(

@@ -4,12 +4,13 @@ Three JSON-able formats (a dataset column may hold the dict or its JSON string):
 
     {"stdio": [{"input": "1 2\\n", "output": "3\\n"}, ...]}
     {"function": {"name": "add", "cases": [{"args": [1, 2], "kwargs": {}, "expected": 3}, ...]}}
-    {"asserts": "assert add(1, 2) == 3\\n...", "entry_point": "add"}   # entry_point only for `candidate(...)`
+    {"asserts": "assert add(1, 2) == 3\\n...", "entry_point": "add"}   # entry_point for `candidate(...)`
 
->>> [c.expected for c in parse_tests({"asserts": "assert add(1, 2) == 3\\nassert add(*x) == 1"}).cases]
-[3, None]
->>> parse_tests({"asserts": "assert add(1, 2) == 3\\nassert add(*x) == 1"}).cases[1].kind
-'assert'
+Asserts (MBPP-style lines or HumanEval's ``def check(candidate)``) become ``check`` cases: the test code runs as
+written, in a judge process inside the sandbox that never runs the program and alone reports verdicts.
+
+>>> [c.kind for c in parse_tests({"asserts": "assert add(1, 2) == 3\\nassert add(*x) == 1"}).cases]
+['check', 'check']
 >>> extract_program("Here:\\n```python\\nprint(1)\\n```\\nand finally\\n```\\nprint(2)\\n```")
 'print(2)\\n'
 >>> extract_program("<answer>print(3)</answer>") is None, extract_program("no code") is None
@@ -19,8 +20,10 @@ Three JSON-able formats (a dataset column may hold the dict or its JSON string):
 from __future__ import annotations
 
 import ast
+import builtins
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +34,8 @@ _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 @dataclass(frozen=True)
 class Case:
     """One check. ``kind``: ``stdio`` (input -> expected stdout), ``call`` (name(*args, **kwargs) -> expected),
-    ``assert`` (a statement run inside the sandbox; forgeable, only with explicit opt-in)."""
+    ``check`` (test code ``src`` run by the judge process; ``proxies`` are the names it calls into the program,
+    ``candidate`` meaning ``name``, the entry point; ``modules`` stdlib modules it uses without importing)."""
 
     kind: str
     input: str = ""
@@ -40,21 +44,34 @@ class Case:
     kwargs: dict = field(default_factory=dict)
     expected: Any = None
     src: str = ""
+    proxies: tuple[str, ...] = ()
+    modules: tuple[str, ...] = ()
 
     def to_sandbox(self) -> dict:
-        """What the sandbox may see: never ``expected``."""
+        """What the sandbox (and the program) may see: never ``expected``, never a check's test code."""
         if self.kind == "stdio":
             return {"kind": "stdio", "input": self.input}
         if self.kind == "call":
             return {"kind": "call", "name": self.name, "args": self.args, "kwargs": self.kwargs}
-        return {"kind": "assert", "src": self.src}
+        return {"kind": "check"}
+
+    def to_judge(self) -> dict | None:
+        """What only the judge process reads (after the program's process was forked): a check's test code."""
+        if self.kind != "check":
+            return None
+        return {
+            "src": self.src,
+            "entry_point": self.name,
+            "proxies": list(self.proxies),
+            "modules": list(self.modules),
+        }
 
 
 @dataclass(frozen=True)
 class TestSpec:
     cases: list[Case]
-    unconverted: int = 0
-    """Assert lines that are not plain ``f(literals) == literal`` (run only with ``allow_forgeable``)."""
+    judged: int = 0
+    """How many cases are ``check`` cases (run by the judge process)."""
 
 
 # Fence tags that mark C++; every other tag (or none) is taken as Python, the default language of the tasks.
@@ -117,62 +134,83 @@ def parse_tests(tests: dict | str) -> TestSpec:
 
 
 def asserts_to_cases(src: str, entry_point: str | None = None) -> TestSpec:
-    """``assert f(<literals>) == <literal>`` (either side, or ``is True/False/None``) -> call cases; any other
-    assert becomes an ``assert`` case (forgeable)."""
-    cases, unconverted = [], 0
-    for node in ast.walk(ast.parse(src)):
-        if not isinstance(node, ast.Assert):
-            continue
-        case = _assert_to_call(node.test, entry_point)
-        if case is None:
-            unconverted += 1
-            case = Case("assert", src=ast.unparse(node).replace("candidate(", f"{entry_point or 'candidate'}("))
-        cases.append(case)
-    return TestSpec(cases, unconverted)
+    """Test code -> ``check`` cases, run as written by the judge process in the sandbox (see ``harness``).
+
+    One case per test statement (a top-level statement holding an ``assert``), each with the other top-level
+    statements before it (imports, helpers, data). HumanEval's ``def check(candidate)`` without top-level asserts
+    gives one case per statement of its body that holds an ``assert`` (with the body's other statements before
+    it), each ending in ``check(candidate)``; ``candidate`` calls the ``entry_point``. Code with no assert at all
+    is one case. ``1 == 1.0`` and tuple/list differences follow Python, as the test's author meant.
+
+    >>> spec = asserts_to_cases("import math\\nassert f(2) == 4\\nfor x in [1, 2]:\\n    assert f(x) > 0\\n")
+    >>> [c.src.splitlines() for c in spec.cases]
+    [['import math', 'assert f(2) == 4'], ['import math', 'for x in [1, 2]:', '    assert f(x) > 0']]
+    >>> spec.cases[0].proxies, spec.judged
+    (('f',), 2)
+    >>> he = asserts_to_cases("def check(candidate):\\n    xs = [1]\\n    assert candidate(xs) == 1\\n", "g")
+    >>> he.cases[0].src.splitlines()[-1], he.cases[0].proxies
+    ('check(candidate)', ('candidate', 'g'))
+    """
+    tree = ast.parse(src)
+    if not any(_holds_assert(n) for n in tree.body):
+        check = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check"), None)
+        if check is not None:
+            if entry_point is None:
+                raise ValueError("tests: asserts define `check(candidate)` but give no entry_point")
+            return _check_cases(tree, check, entry_point)
+        return TestSpec([_check_case(tree.body, entry_point)], judged=1)
+    cases = []
+    for i, node in enumerate(tree.body):
+        if _holds_assert(node):
+            prelude = [n for n in tree.body[:i] if not _holds_assert(n)]
+            cases.append(_check_case([*prelude, node], entry_point))
+    return TestSpec(cases, judged=len(cases))
 
 
-def _assert_to_call(test: ast.expr, entry_point: str | None) -> Case | None:
-    if not (isinstance(test, ast.Compare) and len(test.ops) == 1):
-        return None
-    left, op, right = test.left, test.ops[0], test.comparators[0]
-    if isinstance(op, ast.Is) and isinstance(right, ast.Constant) and right.value in (True, False, None):
-        call, lit = left, right
-    elif isinstance(op, ast.Eq):
-        call, lit = (left, right) if isinstance(left, ast.Call) else (right, left)
-    else:
-        return None
-    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)):
-        return None
-    name = call.func.id
-    if name == "candidate":
-        if entry_point is None:
-            return None
-        name = entry_point
-    try:
-        args = [_json_literal(a, as_arg=True) for a in call.args]
-        kwargs = {k.arg: _json_literal(k.value, as_arg=True) for k in call.keywords}
-        expected = _json_literal(lit, as_arg=False)
-    except ValueError:
-        return None
-    if None in kwargs:  # **mapping
-        return None
-    return Case("call", name=name, args=args, kwargs=kwargs, expected=expected)
+def _holds_assert(node: ast.stmt) -> bool:
+    """A test statement: one holding an ``assert`` outside any def/class (those are helpers, called by tests)."""
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return False
+    if isinstance(node, ast.Assert):
+        return True
+    return any(_holds_assert(c) for c in ast.iter_child_nodes(node) if isinstance(c, ast.stmt))
 
 
-def _json_literal(node: ast.expr, as_arg: bool) -> Any:
-    """literal_eval, restricted to values that survive JSON unchanged (tuples allowed only as expected values,
-    where they compare as lists because the sandbox returns JSON)."""
-    if isinstance(node, ast.Starred):
-        raise ValueError("starred argument")
-    value = ast.literal_eval(node)
-    return _to_json(value, allow_tuple=not as_arg)
+def _check_cases(tree: ast.Module, check: ast.FunctionDef, entry_point: str) -> TestSpec:
+    call = ast.Expr(ast.Call(ast.Name("check", ast.Load()), [ast.Name("candidate", ast.Load())], []))
+    steps = [j for j, n in enumerate(check.body) if _holds_assert(n)]
+    if not steps:  # asserts only in nested helpers, or none: the whole check is one case
+        steps = [len(check.body) - 1]
+    cases = []
+    for j in steps:
+        body = [n for n in check.body[:j] if not _holds_assert(n)] + [check.body[j]]
+        part = ast.FunctionDef(
+            name=check.name, args=check.args, body=body, decorator_list=check.decorator_list, returns=check.returns
+        )
+        module = [part if n is check else n for n in tree.body] + [call]
+        cases.append(_check_case(module, entry_point))
+    return TestSpec(cases, judged=len(cases))
 
 
-def _to_json(v: Any, allow_tuple: bool) -> Any:
-    if v is None or type(v) in (bool, int, float, str):
-        return v
-    if type(v) is list or (type(v) is tuple and allow_tuple):
-        return [_to_json(x, allow_tuple) for x in v]
-    if type(v) is dict and all(type(k) is str for k in v):
-        return {k: _to_json(x, allow_tuple) for k, x in v.items()}
-    raise ValueError(f"{type(v).__name__} does not survive JSON")
+def _check_case(statements: list[ast.stmt], entry_point: str | None) -> Case:
+    module = ast.fix_missing_locations(ast.Module(statements, type_ignores=[]))
+    loaded, bound = set(), set()
+    for n in ast.walk(module):
+        if isinstance(n, ast.Name):
+            (loaded if isinstance(n.ctx, ast.Load) else bound).add(n.id)
+        elif isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(n.name)
+        elif isinstance(n, ast.arg):
+            bound.add(n.arg)
+        elif isinstance(n, ast.alias):
+            bound.add((n.asname or n.name).partition(".")[0])
+        elif isinstance(n, ast.ExceptHandler) and n.name:
+            bound.add(n.name)
+    free = loaded - bound - set(dir(builtins))
+    if entry_point is not None:  # ``candidate`` is a parameter of check() and, at the call, the entry point
+        free |= {"candidate", entry_point} & (loaded | {entry_point})
+    modules = sorted(n for n in free if n in sys.stdlib_module_names and n != entry_point)
+    proxies = tuple(sorted(free - set(modules)))
+    return Case(
+        "check", name=entry_point or "", src=ast.unparse(module) + "\n", proxies=proxies, modules=tuple(modules)
+    )

@@ -6,8 +6,8 @@ True
 (True, False)
 >>> exact_equal([1, 2.0], [1, 2.0]), exact_equal(1, 1.0), exact_equal(True, 1), exact_equal(1, True)
 (True, False, False, False)
->>> exact_equal(1, 1.0000001, float_tol=1e-6)
-True
+>>> exact_equal(1, 1.0000001, float_tol=1e-6), exact_equal(10**400, 1.0, float_tol=1e-6)
+(True, False)
 """
 
 from __future__ import annotations
@@ -41,6 +41,15 @@ def _token_eq(a: str, b: str, tol: float) -> bool:
     return math.isclose(fa, fb, rel_tol=tol, abs_tol=tol)
 
 
+def _close(a: int | float, b: int | float, tol: float) -> bool:
+    """``math.isclose``, for an int beyond float range too (a program may return one where a float is expected:
+    ``isclose`` would raise OverflowError; such an int is close to no float)."""
+    try:
+        return math.isclose(a, b, rel_tol=tol, abs_tol=tol)
+    except OverflowError:
+        return False
+
+
 def _is_number(x: Any) -> bool:
     return type(x) in (int, float)
 
@@ -50,7 +59,7 @@ def exact_equal(actual: Any, expected: Any, float_tol: float | None = None) -> b
     float compare numerically. Both sides are plain decoded JSON, so no user ``__eq__`` can run here."""
     if type(actual) is not type(expected):
         if float_tol is not None and _is_number(actual) and _is_number(expected):
-            return math.isclose(actual, expected, rel_tol=float_tol, abs_tol=float_tol)
+            return _close(actual, expected, float_tol)
         return False
     if type(actual) is list:
         return len(actual) == len(expected) and all(
@@ -61,7 +70,5 @@ def exact_equal(actual: Any, expected: Any, float_tol: float | None = None) -> b
     if type(actual) is float:
         if math.isnan(actual) or math.isnan(expected):
             return math.isnan(actual) and math.isnan(expected)
-        return actual == expected or (
-            float_tol is not None and math.isclose(actual, expected, rel_tol=float_tol, abs_tol=float_tol)
-        )
+        return actual == expected or (float_tol is not None and _close(actual, expected, float_tol))
     return actual == expected

@@ -119,6 +119,7 @@ _BLOCKED = {
         init_module=175,
         finit_module=313,
         open_by_handle_at=304,
+        pidfd_getfd=438,  # another process's fds (the judge's result pipe); also needs ptrace rights
     ),
     "aarch64": dict(
         socket=198,
@@ -142,9 +143,24 @@ _BLOCKED = {
         init_module=105,
         finit_module=273,
         open_by_handle_at=265,
+        pidfd_getfd=438,  # another process's fds (the judge's result pipe); also needs ptrace rights
     ),
 }
 _ARCH = {"x86_64": (0xC000003E, 56), "aarch64": (0xC00000B7, 220)}  # AUDIT_ARCH_*, clone nr
+# Channels between concurrent slots (docs/sandbox_slots.md). SysV IPC and POSIX message queues: the process tier
+# has no IPC namespace, so objects would be shared by every slot and outlive the program (ranges, inclusive).
+_IPC_RANGES = {
+    "x86_64": ((29, 31), (64, 71), (220, 220), (240, 245)),  # shmget..shmctl, semget..msgctl, semtimedop, mq_*
+    "aarch64": ((180, 197),),  # mq_open .. shmdt
+}
+# Locks and access watches on the read-only system files every slot shares: flock and fcntl locks work on a
+# read-only fd, inotify/fanotify see another slot open a file; Landlock stops none of them.
+_WATCHES = {
+    "x86_64": dict(flock=73, inotify_init=253, inotify_add_watch=254, inotify_init1=294, fanotify_init=300),
+    "aarch64": dict(flock=32, inotify_init1=26, inotify_add_watch=27, fanotify_init=262),
+}
+_FCNTL = {"x86_64": 72, "aarch64": 25}
+_FCNTL_LOCKS = (5, 6, 7, 36, 37, 38, 1026)  # F_GETLK, F_SETLK, F_SETLKW, F_OFD_{GETLK,SETLK,SETLKW}, F_NOTIFY
 _CLONE3 = 435
 _NS_FLAGS = 0x7E020000  # CLONE_NEW{NS,CGROUP,UTS,IPC,USER,PID,NET}
 _RET_ALLOW, _RET_KILL = 0x7FFF0000, 0x80000000
@@ -156,15 +172,22 @@ def _bpf(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
 
 
 def seccomp_program(machine: str) -> bytes:
-    """The BPF filter: wrong arch -> kill, blocked syscall -> EPERM, clone3 -> ENOSYS (glibc falls back to clone,
-    whose flags a classic filter can read), clone with namespace flags -> EPERM, anything else allowed."""
+    """The BPF filter: wrong arch -> kill, blocked syscall (incl. SysV IPC, message queues, flock, inotify and
+    fcntl's lock commands) -> EPERM, clone3 -> ENOSYS (glibc falls back to clone, whose flags a classic filter
+    can read), clone with namespace flags -> EPERM, anything else allowed."""
     arch, clone_nr = _ARCH[machine]
     ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
     prog = [_bpf(ld, 4), _bpf(jeq, arch, 1, 0), _bpf(ret, _RET_KILL), _bpf(ld, 0)]
     if machine == "x86_64":  # x32 syscalls share the arch value; refuse them wholesale
         prog += [_bpf(jge, 0x40000000, 0, 1), _bpf(ret, 0x50000 | _EPERM)]
-    for nr in _BLOCKED[machine].values():
+    for nr in (*_BLOCKED[machine].values(), *_WATCHES[machine].values()):
         prog += [_bpf(jeq, nr, 0, 1), _bpf(ret, 0x50000 | _EPERM)]
+    for lo, hi in _IPC_RANGES[machine]:  # lo <= nr <= hi -> EPERM
+        prog += [_bpf(jge, lo, 0, 2), _bpf(0x25, hi, 1, 0), _bpf(ret, 0x50000 | _EPERM)]  # 0x25: jgt
+    n = len(_FCNTL_LOCKS)  # fcntl: a lock command (low 32 bits of args[1], as the kernel reads it) -> EPERM
+    prog += [_bpf(jeq, _FCNTL[machine], 0, n + 3), _bpf(ld, 24)]
+    prog += [_bpf(jeq, cmd, n - i, 0) for i, cmd in enumerate(_FCNTL_LOCKS)]
+    prog += [_bpf(ret, _RET_ALLOW), _bpf(ret, 0x50000 | _EPERM)]
     prog += [_bpf(jeq, _CLONE3, 0, 1), _bpf(ret, 0x50000 | _ENOSYS)]
     prog += [_bpf(jeq, clone_nr, 0, 3), _bpf(ld, 16), _bpf(jset, _NS_FLAGS, 0, 1), _bpf(ret, 0x50000 | _EPERM)]
     prog += [_bpf(ret, _RET_ALLOW)]

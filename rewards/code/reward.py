@@ -69,9 +69,7 @@ def _score(
                 )
             )
             continue
-        if all(
-            o.status == "skipped" for o in res.outcomes
-        ):  # nothing gradable (e.g. only unconvertible asserts without opt-in)
+        if all(o.status == "skipped" for o in res.outcomes):  # nothing gradable: the tests hold no case at all
             out.append(Scored(None, {"backend": res.backend, "outcomes": [], "error": "no gradable test case"}))
             continue
         value = float(res.pass_fraction == 1.0) if all_pass else res.pass_fraction
@@ -96,7 +94,9 @@ def code_accuracy(
     """Fraction of test cases passed by the last code block of each completion (see ``rewards.code``).
 
     ``language``: ``auto`` runs a block tagged cpp/c++/cxx/cc as C++ (stdio tests only) and anything else as
-    Python; ``python`` or ``cpp`` forces one."""
+    Python; ``python`` or ``cpp`` forces one. ``timeout_s`` is each program's whole time budget (all its cases);
+    ``allow_forgeable`` has no effect any more (asserts tests are judged unforgeably; docs/sandbox.md). A program
+    that misbehaves in any way scores 0 with the reason in its outcomes; only sandbox faults raise."""
     return _score(
         completions,
         tests,

@@ -9,29 +9,50 @@ pass. After every run all processes of the slot are killed and checked gone, and
 from __future__ import annotations
 
 import logging
-import marshal
 import os
 import queue
 import secrets
-import select
 import selectors
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from core.cores import cores_per_process
 from rewards.code import confine
 from rewards.code.cases import Case
-from rewards.code.cgroups import SlotCgroup, remove_tree_contents
-from rewards.code.claims import claim_uids, kill_uid, uid_pids
-from rewards.code.protocol import TEXT_LIMIT, CodeResult, FrameReader, Limits, Outcome, judge
+from rewards.code.cgroups import SlotCgroup
+from rewards.code.claims import (
+    claim_uids,
+    kill_uid,
+    remove_ipc,
+    remove_tree,
+    uid_pids,
+)
+from rewards.code.protocol import (
+    Budget,
+    BudgetClock,
+    CodeResult,
+    FrameReader,
+    Limits,
+    Outcome,
+    crash_outcome,
+    judge_safely,
+    send_config,
+)
+from rewards.code.slots import (
+    MADE,
+    SandboxUnavailableError,
+    Slot,
+    SlotPool,
+    clean_slot,
+    leftovers,
+    mount_tmpfs,
+)
 from rewards.code.tiers import TIERS, Launch, Tier, ordered_tiers, sandbox_python
 
 log = logging.getLogger(__name__)
@@ -42,20 +63,17 @@ _PROBE_PROGRAMS = {  # read "1 2", print "3"
     "cpp": '#include <cstdio>\nint main(){int a,b;std::scanf("%d %d",&a,&b);std::printf("%d\\n",a+b);}\n',
 }
 _NO_CXX = "`g++` not installed (apt-get install -y g++)"
-__all__ = ["CodeResult", "Limits", "Outcome", "Sandbox", "SandboxUnavailableError", "kill_uid", "uid_pids"]
-
-
-class SandboxUnavailableError(RuntimeError):
-    """No isolation tier works here (or the one asked for does not); the message lists why each failed."""
-
-
-@dataclass
-class Slot:
-    index: int
-    uid: int
-    workdir: Path
-    tmpfs: bool
-    cgroup: SlotCgroup | None
+_PROBE_RETRY_S = 30.0  # a failed probe run is believed this long, then tried again
+__all__ = [
+    "CodeResult",
+    "Limits",
+    "Outcome",
+    "Sandbox",
+    "SandboxUnavailableError",
+    "kill_uid",
+    "leftovers",
+    "uid_pids",
+]
 
 
 class Sandbox:
@@ -85,10 +103,10 @@ class Sandbox:
         self._closed = False
         uids = [c.uid for c in self._claims] or [uid_base + i for i in range(n)]
         self.slots = [self._make_slot(i, uid) for i, uid in enumerate(uids)]
-        self._free: queue.Queue[Slot] = queue.Queue()
-        for s in self.slots:
-            self._free.put(s)
+        MADE.append((self._root, tuple(s.uid for s in self.slots)))
+        self._free: queue.Queue[Slot] = SlotPool(self.slots)
         self._probed: dict[str, str | None] = {}
+        self._probe_failed_at: dict[str, float] = {}
         self._lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="r1kit-sandbox")
         try:
@@ -134,17 +152,13 @@ class Sandbox:
         workdir.mkdir(mode=0o700)
         tmpfs = False
         if root:
-            opts = f"size={self.limits.tmpfs_mb}m,mode=0700,uid={uid},gid={uid},nosuid,nodev"
-            tmpfs = (
-                subprocess.run(
-                    ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(workdir)], capture_output=True
-                ).returncode
-                == 0
-            )
+            tmpfs = mount_tmpfs(workdir, uid, self.limits.tmpfs_mb)
             os.chown(workdir, uid, uid)
         cgroup = SlotCgroup.create(f"r1kit-{os.getpid()}-uid{uid}", uid) if root else None
+        if cgroup is not None and self.limits.cpus is not None:
+            cgroup.enable_cpu()  # now, not at the first run: the claim record below then lists the cpu folders too
         if claim is not None and cgroup is not None:
-            claim.record(workdir, sorted({cgroup.pids_dir, cgroup.memory_dir} - {None}))
+            claim.record(workdir, sorted({cgroup.pids_dir, cgroup.memory_dir, *cgroup.cpu_dirs} - {None}))
         return Slot(index, uid, workdir, tmpfs, cgroup)
 
     def _choose(self, backend: str | None, allow_weak: bool, candidates: Sequence[str] | None) -> Tier:
@@ -171,48 +185,48 @@ class Sandbox:
         return tier
 
     def probe(self, tier: Tier, language: str = "python") -> str | None:
-        """Run a real program in ``language`` through ``tier``; None when it works, else the reason (cached). A
-        C++ toolchain broken by the sandbox must fail loudly, not score every program 0 as a compile error."""
+        """Run a real program in ``language`` through ``tier``; None when it works, else the reason. A C++
+        toolchain broken by the sandbox must fail loudly, not score every program 0 as a compile error.
+
+        Success and a missing prerequisite are cached for good. A failed probe run is tried once more (on a
+        slot cleaned since, or another one) and then cached for ``_PROBE_RETRY_S`` only: a slot a hostile
+        program had left dirty must not refuse every later C++ program."""
         key = tier.name if language == "python" else f"{tier.name}+{language}"
         if language != "python" and (why := self.probe(tier)) is not None:
             return why  # the tier itself does not work
         with self._lock:
-            if key not in self._probed:
-                if language == "python":
-                    why = tier.requires()
-                else:
-                    why = None if self.cxx else _NO_CXX
-                if why is None:
-                    try:
-                        res = self.run_cases(
-                            _PROBE_PROGRAMS[language],
-                            [Case("stdio", input="1 2\n", expected="3\n")],
-                            tier=tier,
-                            language=language,
-                            probing=True,
-                        )
-                        why = None if res.pass_fraction == 1.0 else f"probe program did not pass: {res.outcomes}"
-                    except (OSError, RuntimeError, ValueError) as e:
-                        why = f"{type(e).__name__}: {e}"
-                self._probed[key] = why
-            return self._probed[key]
+            failed_at = self._probe_failed_at.get(key)
+            if key in self._probed and (failed_at is None or time.monotonic() - failed_at < _PROBE_RETRY_S):
+                return self._probed[key]
+            self._probe_failed_at.pop(key, None)
+            why = tier.requires() if language == "python" else None if self.cxx else _NO_CXX
+            if why is None:
+                why = _probe_run(self, tier, language)
+                if why is not None:
+                    log.warning("code sandbox: %s probe in tier %s failed, retrying: %s", language, tier.name, why)
+                    why = _probe_run(self, tier, language)
+                if why is not None:
+                    self._probe_failed_at[key] = time.monotonic()
+            self._probed[key] = why
+            return why
 
     def close(self) -> None:
+        """Kill and clean every slot, remove its cgroups, mount and work dir, and free its uid. Never raises: a
+        slot that cannot be cleaned is logged and its uid's claim keeps its record, so that the uid's next
+        claimant removes what is left."""
         if self._closed:
             return
         self._closed = True
         self.pool.shutdown(wait=True)
-        for s in self.slots:
-            try:
-                self._kill_slot(s)
-            finally:  # never leave mounts or cgroups behind, even when a kill failed
-                if s.cgroup is not None:
-                    s.cgroup.remove()
-                if s.tmpfs:
-                    subprocess.run(["umount", "--lazy", str(s.workdir)], capture_output=True)
-        shutil.rmtree(self._root, ignore_errors=True)
-        for c in self._claims:  # the uids are free again, with nothing left to clean
-            c.release()
+        claims = self._claims or [None] * len(self.slots)
+        for s, claim in zip(self.slots, claims, strict=True):
+            clean = _close_slot(self, s)
+            if claim is not None:  # the uid is free again; with nothing left to clean, or with the record
+                claim.release() if clean else claim.abandon()
+        try:
+            remove_tree(self._root)
+        except OSError as e:
+            log.warning("code sandbox: could not remove %s: %s", self._root, e)
 
     # -- one run --------------------------------------------------------------------------------------------
     def run_cases(
@@ -228,8 +242,13 @@ class Sandbox:
         probing: bool = False,
     ) -> CodeResult:
         """Judge ``program`` (``language``: ``python`` or ``cpp``) on ``cases`` in one slot. Cases run batched in
-        one process; after a crash or a timeout the remaining cases continue in a fresh process, so one bad case
-        costs only itself. C++ programs are compiled once per process and judged on stdio cases only."""
+        one process; after a crash the remaining cases continue in a fresh process, so one bad case costs only
+        itself. ``limits.timeout_s`` is the budget of the whole program (``protocol.Limits``): once it is spent the
+        remaining cases are timeouts, unrun, so a looping program costs one budget, not one per case. C++
+        programs are compiled once per process and judged on stdio cases only.
+
+        Whatever the program does, this returns its outcomes (a misbehaving program fails); it raises only for
+        faults of the sandbox itself (a harness that does not start or confirm its confinement)."""
         tier = tier or self.tier
         if language not in ("python", "cpp"):
             raise ValueError(f"language: expected 'python' or 'cpp', got {language!r}")
@@ -245,11 +264,20 @@ class Sandbox:
         limits = limits or self.limits
         slot = self._free.get()
         try:
+            cg = slot.cgroup if tier.name != "rlimits" else None  # the rlimits tier joins no cgroup
+            budget = Budget.of(limits, metered=cg is not None and cg.enable_cpu())
             outcomes: list[Outcome] = []
             while len(outcomes) < len(cases):
+                if (why := budget.spent()) is not None:
+                    outcomes += [Outcome("timeout", error=f"not run: {why}")] * (len(cases) - len(outcomes))
+                    break
                 outcomes += self._one_process(
-                    slot, tier, limits, program, cases, len(outcomes), stop_on_fail, float_tol, language
+                    slot, tier, limits, program, cases, len(outcomes), stop_on_fail, float_tol, language, budget
                 )
+                if outcomes and outcomes[-1].error.startswith("protocol violation") and len(outcomes) < len(cases):
+                    # a program caught forging frames gets no fresh process per remaining case
+                    rest = Outcome("error", error="not run: the program violated the result protocol")
+                    outcomes += [rest] * (len(cases) - len(outcomes))
                 if stop_on_fail and outcomes and outcomes[-1].status != "passed":
                     outcomes += [Outcome("skipped")] * (len(cases) - len(outcomes))
         finally:
@@ -272,10 +300,15 @@ class Sandbox:
         start: int,
         stop_on_fail: bool,
         float_tol: float | None,
-        language: str = "python",
+        language: str,
+        budget: Budget,
     ) -> list[Outcome]:
         todo = cases[start:]
-        cg_files = slot.cgroup.procs_files if slot.cgroup is not None and tier.name != "rlimits" else []
+        if slot.cgroup is not None:
+            cpus = limits.cpus if budget.metered else None
+            slot.cgroup.set_limits(limits.nproc + 4, 2 * (limits.memory_mb << 20) + (limits.tmpfs_mb << 21), cpus)
+        cg = slot.cgroup if slot.cgroup is not None and tier.name != "rlimits" else None
+        cg_files = cg.procs_files + cg.cpu_procs_files if cg is not None else []
         launch: Launch = tier.launch(
             self.python, self.lib_dir, str(slot.workdir), cg_files, limits.tmpfs_mb << 20, self._harness_cmd
         )
@@ -288,18 +321,16 @@ class Sandbox:
             "cases": [c.to_sandbox() for c in todo],
             "output_limit": limits.output_kb << 10,
             "cgroup_procs": launch.cgroup_view,
-            "rlimits": limits.rlimits(len(todo), language),
+            "rlimits": limits.rlimits(language),
             "language": language,
             "cxx": self.cxx,
             "cxx_flags": ["-std=c++17", "-O2", "-pipe"],
             "compile_timeout_s": limits.compile_timeout_s,
-            "timeout_s": limits.timeout_s,
+            "timeout_s": budget.wall_s - budget.wall_used,  # C++: the harness times the cases itself
             "run_rlimits": limits.run_rlimits(),
             "seccomp": True,
             "landlock": {"ro": launch.landlock_ro, "rw": launch.landlock_rw} if self.landlock_abi else None,
         }
-        if slot.cgroup is not None:
-            slot.cgroup.set_limits(limits.nproc + 4, 2 * (limits.memory_mb << 20) + (limits.tmpfs_mb << 21))
         oom_before = slot.cgroup.oom_kills() if slot.cgroup is not None else 0
         argv, ids = launch.argv, {}
         if launch.drop_uid and self.setpriv:
@@ -325,24 +356,27 @@ class Sandbox:
         finally:
             os.close(wfd)
         got: list[Outcome] = []
+        meter = cg.cpu_usage_s if cg is not None and budget.metered else None
+        ended = ""
         try:
-            got, ended, err = self._drive(proc, rfd, cfg, todo, limits, nonce, stop_on_fail, float_tol)
+            got, ended, err = self._drive(proc, rfd, cfg, todo, limits, nonce, stop_on_fail, float_tol, budget, meter)
         finally:
             os.close(rfd)
-            self._kill_slot(slot, proc, grace_s=0.05 if len(got) == len(todo) else 0.0, sweep_uid=tier.helpers)
-        if len(got) < len(todo) and not (stop_on_fail and got and got[-1].status != "passed"):
+            exits = len(got) == len(todo) or ended == "restart"  # a harness that is done exits at once
+            self._kill_slot(slot, proc, grace_s=0.05 if exits else 0.0, sweep_uid=tier.helpers)
+        if len(got) < len(todo) and ended != "restart" and not (stop_on_fail and got and got[-1].status != "passed"):
             oom = slot.cgroup is not None and slot.cgroup.oom_kills() > oom_before
             got.append(self._crash_outcome(proc, ended, err, oom))
         return got
 
-    def _drive(self, proc, rfd, cfg, todo, limits, nonce, stop_on_fail, float_tol):
-        """Feed the config, then read frames until every case reported, the process ended, or a deadline."""
-        try:
-            proc.stdin.write(marshal.dumps(cfg))
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass  # the harness died before reading: reported below as a failed start
-        reader = FrameReader(nonce, limit=len(todo) * 3 * (limits.output_kb << 10) + (1 << 20))
+    def _drive(self, proc, rfd, cfg, todo, limits, nonce, stop_on_fail, float_tol, budget, meter):
+        """Feed the config (then, for the judge only, the check cases' test code), and read frames until every
+        case reported, the process ended, or the program's budget is spent (its clock runs from the ready frame;
+        C++: from the compiled frame, and the harness times the cases itself, so ours gets slack). Anything a
+        frame holds is the program's doing: a malformed one ends the run as a protocol violation."""
+        judged = [c.to_judge() for c in todo] if any(c.kind == "check" for c in todo) else None
+        send_config(proc.stdin, cfg, judged)
+        reader = FrameReader(nonce, limits.frame_limit())
         sel = selectors.DefaultSelector()
         pidfd = os.pidfd_open(proc.pid)
         sel.register(rfd, selectors.EVENT_READ, "result")
@@ -350,22 +384,19 @@ class Sandbox:
         sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
         err = bytearray()
         got: list[Outcome] = []
-        ready = False
+        ready, compiled = False, cfg["language"] != "cpp"
+        clock = BudgetClock(budget, meter, limits.cpus, slack=0.0 if compiled else 2.0)
         deadline = time.monotonic() + 10.0 + limits.timeout_s  # start-up is trusted code; be generous under load
-        # Python: the program runs inside the harness, so the per-case deadline is ours to enforce. C++: the
-        # harness times each case itself (and reports it); our deadline only catches a harness that hangs.
-        compiled = cfg["language"] != "cpp"
-        per_case = limits.timeout_s if compiled else limits.timeout_s + 2.0
         ended = "timeout"
         try:
             while len(got) < len(todo):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                wait, spent = clock.left() if clock.t0 is not None else (deadline - time.monotonic(), None)
+                if spent is not None or wait <= 0:
                     if not ready:
                         raise RuntimeError(f"harness did not start: {bytes(err[:2000]).decode(errors='replace')}")
+                    ended = f"timeout: {spent or 'compile did not end'}"
                     break
-                events = sel.select(remaining)
-                for key, _ in events:
+                for key, _ in sel.select(wait):
                     if key.data == "exit":
                         sel.unregister(pidfd)  # stays readable forever once the process is gone
                         ended = "exit"
@@ -383,28 +414,31 @@ class Sandbox:
                     try:
                         frames = reader.feed(data)
                     except ValueError as e:
-                        ended = f"protocol violation: {e}"
-                        return got, ended, err
+                        return got, f"protocol violation: {e}", err
                     for index, payload in frames:
                         if index == -1 and not ready:
                             self._check_ready(payload)
                             ready = True
-                            deadline = time.monotonic() + (per_case if compiled else limits.compile_timeout_s + 5)
-                            continue
-                        if index == -2 and ready and not compiled:
+                            if compiled:
+                                clock.start()
+                            deadline = time.monotonic() + limits.compile_timeout_s + 5
+                        elif index == -2 and ready and not compiled:
                             compiled = True
+                            clock.start()
+                        elif index == -3 and ready and compiled and judged is not None:
+                            return got, "restart", err  # the judge lost the program's process: a fresh sandbox
                         elif ready and compiled and index == len(got) < len(todo):
-                            got.append(judge(todo[index], payload, float_tol))
+                            got.append(judge_safely(todo[index], payload, float_tol))
                             if stop_on_fail and got[-1].status != "passed":
                                 return got, ended, err
                         else:
                             return got, "protocol violation: frame out of order", err
-                        deadline = time.monotonic() + per_case
                 if ended != "timeout" and not sel.select(0):
                     break
         finally:
             sel.close()
             os.close(pidfd)
+            clock.stop()
         if not ready:
             proc.kill()
             proc.wait()
@@ -423,54 +457,70 @@ class Sandbox:
 
     @staticmethod
     def _crash_outcome(proc, ended: str, err: bytearray, oom: bool) -> Outcome:
-        stderr = bytes(err[-TEXT_LIMIT:]).decode(errors="replace")
-        rc = proc.returncode
-        if oom:
-            return Outcome("memory", stderr=stderr, error="killed by the memory limit")
-        if ended == "timeout":
-            return Outcome("timeout", stderr=stderr, error="wall-clock timeout")
-        if rc == -signal.SIGXCPU or rc == 128 + signal.SIGXCPU:
-            return Outcome("timeout", stderr=stderr, error="CPU time limit")
-        return Outcome("error", stderr=stderr, error=f"{ended}: process ended before reporting (exit status {rc})")
+        return crash_outcome(proc.returncode, ended, bytes(err), oom)
 
     def _kill_slot(
         self, slot: Slot, proc: subprocess.Popen | None = None, grace_s: float = 0.0, sweep_uid: bool = True
-    ) -> None:
-        """Kill every process of the slot, then reap and empty the work dir. With a cgroup, its member list is
-        complete (the harness joins before any untrusted code exists, and the namespace tiers' own helpers exit
-        with ``proc``); without one, every process of the slot uid is killed (setsid'ed daemons included)."""
-        killed = False
-        if proc is not None and proc.poll() is None:
-            if grace_s and _wait_exit(proc, grace_s):  # a harness that reported everything exits at once
-                pass
-            else:
-                killed = True
-                for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
-                    try:
-                        kill()
-                    except ProcessLookupError:
-                        pass
-        if slot.cgroup is not None and not slot.cgroup.kill_all():
-            raise RuntimeError(f"slot {slot.index}: processes survive in its cgroup")
-        # Killed namespace tiers leave bwrap/unshare helpers (outside the cgroup) dying asynchronously.
-        if os.geteuid() == 0 and (slot.cgroup is None or killed or sweep_uid):
-            kill_uid(slot.uid)
-        if proc is not None:
-            proc.wait()
-            proc.stderr.close()
-        remove_tree_contents(slot.workdir)
-        if os.geteuid() == 0:  # a program may have chmod-ed its work dir (the namespace tiers' is the slot's own)
-            os.chmod(slot.workdir, 0o700)
-            os.chown(slot.workdir, slot.uid, slot.uid)
+    ) -> bool:
+        """Make the slot as good as before the run (``clean_slot``). A failed clean-up is tried once more,
+        sweeping the whole uid; if that fails too, the slot is retired: logged as an error and never handed out
+        again (``SlotPool``), since a later program would run in what this one left. Returns whether the slot
+        is clean. ``sweep_uid`` is ``tier.helpers``: the tiers with launcher helpers (bwrap, unshare) are also
+        the ones with an IPC namespace, whose objects die with it; the others get the IPC clean-up. Never
+        raises: the run that left the mess is still judged (and a failure is no reward)."""
+        error: Exception | None = None
+        for attempt in range(2):
+            try:
+                grace = grace_s if attempt == 0 else 0.0
+                clean_slot(slot, proc, grace, sweep_uid or attempt > 0, not sweep_uid, self.limits)
+                return True
+            except (OSError, RuntimeError) as e:
+                error = e
+                log.warning("code sandbox: slot %d (uid %d): clean-up failed: %s", slot.index, slot.uid, e)
+        slot.retired = f"{type(error).__name__}: {error}"
+        log.error(
+            "code sandbox: slot %d (uid %d) taken out of service, its clean-up failed twice: %s",
+            slot.index,
+            slot.uid,
+            slot.retired,
+        )
+        return False
 
 
-def _wait_exit(proc: subprocess.Popen, timeout_s: float) -> bool:
-    """Whether ``proc`` exits within ``timeout_s`` (a pidfd wakes us at once; Popen.wait(timeout) polls)."""
+def _probe_run(sandbox: Sandbox, tier: Tier, language: str) -> str | None:
+    """Run the probe program once; None when it passes, else why not."""
     try:
-        pidfd = os.pidfd_open(proc.pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([pidfd], [], [], timeout_s)[0])
-    finally:
-        os.close(pidfd)
+        res = sandbox.run_cases(
+            _PROBE_PROGRAMS[language],
+            [Case("stdio", input="1 2\n", expected="3\n")],
+            tier=tier,
+            language=language,
+            probing=True,
+        )
+    except (OSError, RuntimeError, ValueError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None if res.pass_fraction == 1.0 else f"probe program did not pass: {res.outcomes}"
+
+
+def _close_slot(sandbox: Sandbox, slot: Slot) -> bool:
+    """Clean ``slot`` for the last time and remove its cgroups and mount; returns whether nothing is left."""
+    clean = sandbox._kill_slot(slot)
+    if os.geteuid() == 0:
+        try:
+            kill_uid(slot.uid)  # the last time: waits for init to reap the zombies each run left it too
+        except RuntimeError as e:
+            log.error("code sandbox: slot %d: processes of uid %d remain: %s", slot.index, slot.uid, e)
+            clean = False
+        try:
+            remove_ipc({slot.uid})
+        except OSError as e:
+            log.error("code sandbox: slot %d: IPC objects of uid %d remain: %s", slot.index, slot.uid, e)
+            clean = False
+    if slot.cgroup is not None:
+        slot.cgroup.remove()
+        slot.cgroup.remove_cpu()
+        clean &= not any(d.exists() for d in {slot.cgroup.pids_dir, slot.cgroup.memory_dir} - {None})
+    if slot.tmpfs:
+        subprocess.run(["umount", "--lazy", str(slot.workdir)], capture_output=True)
+        clean &= not os.path.ismount(slot.workdir)
+    return clean
