@@ -18,14 +18,18 @@ from rewards.base import REWARDS, DetailedReward, Scored, load_reward, register_
 BUILTIN_REWARDS = {
     "code_accuracy": "rewards.code.reward",
     "code_all_pass": "rewards.code.reward",
+    "code_format_reward": "rewards.format",
     "cosine_length": "rewards.format",
     "language_consistency": "rewards.format",
+    "len_reward": "rewards.format",
     "math_accuracy": "rewards.math.reward",
     "overlong_penalty": "rewards.format",
     "r1_format_soft": "rewards.format",
     "r1_format_strict": "rewards.format",
+    "reasoning_steps_reward": "rewards.format",
     "repetition_penalty": "rewards.format",
     "tag_count": "rewards.format",
+    "think_format_reward": "rewards.format",
 }
 """Built-in reward (registry name = attribute name) -> the module that defines and registers it."""
 

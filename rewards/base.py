@@ -72,6 +72,37 @@ class DetailedReward:
     def __call__(self, *args: Any, **kwargs: Any) -> list[float | None]:
         return [s.value for s in self.score(*args, **kwargs)]
 
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        # Pickled by reference, as a function is: ``register_reward(detailed=True)`` rebinds the module attribute to
+        # this wrapper, so pickle's default (the wrapped function by module + name) would find the wrapper instead
+        # and refuse - ruling out TRL's async reward workers and process pools. A wrapper that is not a module
+        # attribute (built in a function) pickles its function instead, and its added attributes (``prepare``).
+        if _importable_as(self, self.__module__, self.__qualname__):
+            return _import_attr, (self.__module__, self.__qualname__)
+        extra = {k: v for k, v in vars(self).items() if k not in _WRAPPER_STATE}
+        return DetailedReward, (self.fn,), extra or None
+
+
+_WRAPPER_STATE = frozenset({"fn", "__wrapped__", "__module__", "__name__", "__qualname__", "__doc__", "__dict__"})
+"""What ``DetailedReward.__init__`` sets itself (``update_wrapper``): rebuilt on unpickling, not pickled."""
+
+
+def _import_attr(module: str, qualname: str) -> Any:
+    """The object ``module.qualname`` names (``qualname`` may be dotted): what a pickled reference unpickles to."""
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _importable_as(obj: Any, module: str, qualname: str) -> bool:
+    if "<locals>" in qualname:
+        return False
+    try:
+        return _import_attr(module, qualname) is obj
+    except (ImportError, AttributeError):
+        return False
+
 
 def _import_builtin_rewards() -> None:
     # Done on the registry's first use, not at import: the built-ins pull in sympy and the code sandbox, and

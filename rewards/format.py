@@ -5,9 +5,10 @@ scorer and as a TRL ``reward_funcs`` entry. Completions may be strings or TRL's 
 ``{"role", "content"}`` messages; the last message is scored). Options are keyword arguments with defaults (set
 them with ``RewardSpec.kwargs``); the only dataset column any of them needs is ``answer`` (``cosine_length``).
 
-Lengths (``overlong_penalty``, ``cosine_length``) are counted in tokens when a ``completion_ids`` keyword is passed
-(r1kit's trainer and TRL's both pass one list of token ids per completion, so in training the limits are tokens, the
-unit of ``rollout.max_new_tokens``), otherwise (a direct call, ``rollouts.rescore``) in characters.
+Lengths (``overlong_penalty``, ``cosine_length``, ``len_reward``) are counted in tokens when a ``completion_ids``
+keyword is passed (r1kit's trainer, its evaluation and ``rollouts.rescore`` of rollouts that stored the ids, and TRL,
+all pass one list of token ids per completion: the unit of ``rollout.max_new_tokens``), otherwise (a direct call) in
+characters - about 4 per token in English, so a limit meant in tokens cuts in 4x too early on characters.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rewards.base import Scored, completion_texts, register_reward
-from rewards.math.verify import DEFAULT_TIMEOUT_S, check_batch
+from rewards.math.verify import DEFAULT_TIMEOUT_S
 
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 _NO_TAG = r"(?:(?!</?(?:think|answer)>).)*"  # block content: anything but another R1 tag
@@ -164,11 +165,22 @@ def language_consistency(prompts: list, completions: list, language: str = "en",
 
 
 def completion_lengths(completions: Sequence[Any], completion_ids: Sequence[Sequence[int]] | None) -> list[int]:
-    """Tokens per completion when ``completion_ids`` is given (as TRL passes it), else characters."""
+    """Tokens per completion when ``completion_ids`` is given (as TRL passes it: the completion's tokens only, no
+    prompt, no padding), else characters.
+
+    >>> completion_lengths(["four", "a b"], [[11, 12], [13]]), completion_lengths(["four", "a b"], None)
+    ([2, 1], [4, 3])
+    """
     if completion_ids is None:
         return [len(t) for t in completion_texts(completions)]
     if len(completion_ids) != len(completions):
         raise ValueError(f"completion_ids has {len(completion_ids)} rows for {len(completions)} completions")
+    bad = next(
+        (i for i, ids in enumerate(completion_ids) if isinstance(ids, str | bytes) or not hasattr(ids, "__len__")),
+        None,
+    )
+    if bad is not None:  # a text passed as ids would be measured in characters without a word
+        raise TypeError(f"completion_ids[{bad}] is a {type(completion_ids[bad]).__name__}, not a list of token ids")
     return [len(ids) for ids in completion_ids]
 
 
@@ -182,7 +194,8 @@ def overlong_penalty(
     **kwargs: Any,
 ) -> list[float]:
     """DAPO's soft overlong punishment (eq. 13): 0 up to ``max_completion_len - cache_len``, then falling linearly
-    to -1 at ``max_completion_len``, and -1 beyond. Length in tokens with ``completion_ids``, else characters.
+    to -1 at ``max_completion_len``, and -1 beyond. Length in tokens with ``completion_ids`` (eq. 13's unit; the
+    trainer passes them), else characters.
 
     >>> overlong_penalty(["q"] * 4, ["x" * 6, "x" * 8, "x" * 10, "x" * 12], max_completion_len=10, cache_len=4)
     [0.0, -0.5, -1.0, -1.0]
@@ -231,21 +244,32 @@ def cosine_length(
     wrong one ``min_value_wrong`` at length 0 rising to ``max_value_wrong`` (short wrong answers are punished
     most, long ones less: the model is pushed to think longer when it fails). Lengths past ``max_len`` keep the
     ``max_len`` value (open-r1's cosine would swing back); ``overlong_penalty`` handles those. Correctness is
-    ``rewards.math`` against the ``answer`` column; abstains when the gold does not parse. Length in tokens with
+    ``rewards.math`` against the ``answer`` column, as ``math_accuracy`` judges it (the prompt's rounding request
+    included); abstains, with the reason, when the gold cannot be checked against (empty, prose, a number in words,
+    unparsable), so a correct answer to such a gold is never punished for its length. Length in tokens with
     ``completion_ids``, else characters.
 
     >>> done = ["\\\\boxed{4}", "so \\\\boxed{4}", "so \\\\boxed{5}"]
     >>> cosine_length(["q"] * 3, done, answer=["4"] * 3, max_len=100, completion_ids=[[], [7] * 50, [7] * 50])
     [1.0, 0.75, -0.75]
+    >>> cosine_length.score(["q"], ["\\\\boxed{5}"], answer=["five"])[0].info["reason"]
+    'gold is not math: a number in words'
     """
-    verdicts = check_batch(answer, completion_texts(completions), timeout_s)
+    # Imported here: the module's imports belong to the other rewards of this file.
+    from rewards.math.reward import task_rules
+    from rewards.math.verify import judge_batch
+
+    texts = completion_texts(completions)
+    judged = judge_batch(answer, texts, timeout_s, task_rules(prompts, len(texts)))
     out = []
-    for ok, n in zip(verdicts, completion_lengths(completions, completion_ids), strict=True):
-        if ok is None:
-            out.append(Scored(None, {"length": n}))
+    for j, n in zip(judged, completion_lengths(completions, completion_ids), strict=True):
+        info = {"length": n, "reason": j.reason}
+        if j.verdict is None:
+            out.append(Scored(None, info))
             continue
+        ok = j.verdict
         at_zero, at_full = (max_value_correct, min_value_correct) if ok else (min_value_wrong, max_value_wrong)
-        out.append(Scored(cosine_scale(n / max_len, at_zero, at_full), {"correct": ok, "length": n}))
+        out.append(Scored(cosine_scale(n / max_len, at_zero, at_full), {"correct": ok, **info}))
     return out
 
 
@@ -281,3 +305,117 @@ def repetition_penalty(
         repeated = 1 - len(set(ngrams)) / len(ngrams) if ngrams else 0.0
         out.append(max_penalty * repeated if repeated else 0.0)  # not -0.0
     return out
+
+
+# ---- peers' format and length rewards (TRL ``think_format_reward``; open-r1 ``reasoning_steps_reward``,
+# ``len_reward``, ``get_code_format_reward``), same numbers as theirs: tests/test_rewards_hardening.py ----------
+
+_THINK_FORMAT_RE = re.compile(r"^<think>(?!.*<think>)(.*?)</think>.*$", re.S | re.M)
+
+
+@register_reward("think_format_reward")
+def think_format_reward(prompts: list, completions: list, **kwargs: Any) -> list[float]:
+    """TRL's ``think_format_reward``: 1.0 when the completion opens with ``<think>``, closes it, and opens no second
+    one; whatever follows ``</think>`` is free. Also takes plain-string completions (TRL's needs chat messages).
+
+    >>> think_format_reward(["q"] * 4, ["<think>\\nhmm\\n</think>\\n4", "<think>\\nhmm\\n4", " <think>a</think>4",
+    ...     "<think>a</think><think>b</think>"])
+    [1.0, 0.0, 0.0, 0.0]
+    """
+    return [float(_THINK_FORMAT_RE.match(text) is not None) for text in completion_texts(completions)]
+
+
+# No re.M: open-r1's ``^\d+\.`` matches a numbered list only at the very start of the text, and so does this.
+_STEP_RE = re.compile(r"(Step \d+:|^\d+\.|\n-|\n\*|First,|Second,|Next,|Finally,)")
+
+
+@register_reward("reasoning_steps_reward")
+def reasoning_steps_reward(prompts: list, completions: list, min_steps: int = 3, **kwargs: Any) -> list[float]:
+    """open-r1's ``reasoning_steps_reward``: ``min(1, markers / min_steps)``, counting step markers ("Step 2:",
+    "First,", "Next,", "Finally,", a line starting with ``-`` or ``*``, a leading "1."). open-r1 fixes
+    ``min_steps`` at 3.
+
+    >>> reasoning_steps_reward(["q"] * 3, ["Step 1: add.\\nStep 2: carry.\\nStep 3: done.", "First, add. Next, carry.",
+    ...     "It is 4."])
+    [1.0, 0.6666666666666666, 0.0]
+    """
+    if min_steps < 1:
+        raise ValueError(f"reasoning_steps_reward: min_steps must be >= 1, got {min_steps}")
+    return [min(1.0, len(_STEP_RE.findall(text)) / min_steps) for text in completion_texts(completions)]
+
+
+def _prompt_key(prompt: Any) -> str:
+    return prompt if isinstance(prompt, str) else repr(prompt)  # chat prompts: lists of message dicts
+
+
+@register_reward("len_reward", detailed=True)
+def len_reward(
+    prompts: list,
+    completions: list,
+    answer: list[str],
+    completion_ids: list[list[int]] | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    **kwargs: Any,
+) -> list[Scored]:
+    """Kimi 1.5's length reward (§2.3.3; open-r1 ``len_reward``): with ``lam = 0.5 - (len - min_len) /
+    (max_len - min_len)`` over the completions of the same prompt, ``lam`` for a correct answer and ``min(0, lam)``
+    for a wrong one; 0.0 for every completion of a prompt whose completions all have one length.
+
+    Differences from open-r1, on purpose: min and max are taken per prompt (Kimi's "sampled responses" of one
+    question), not over whatever batch the call holds, so they do not depend on how groups are batched (the same
+    numbers when the call holds one prompt's group); a gold that cannot be checked against abstains (None, with the
+    reason) where open-r1 scores it as correct; correctness is ``rewards.math`` against the ``answer`` column, as
+    ``math_accuracy`` judges it (open-r1's ``solution``: map it with ``columns: {answer: solution}``); lengths are
+    tokens with ``completion_ids``, else characters (open-r1's unit).
+
+    >>> done = ["\\\\boxed{4}", "so it is \\\\boxed{4}", "so it is \\\\boxed{5}"]
+    >>> len_reward(["q"] * 3, done, answer=["4"] * 3, completion_ids=[[7] * 10, [7] * 30, [7] * 20])
+    [0.5, -0.5, 0.0]
+    """
+    from rewards.math.reward import task_rules  # as cosine_length: math_accuracy's verdict, rounding rules included
+    from rewards.math.verify import judge_batch
+
+    texts = completion_texts(completions)
+    judged = judge_batch(answer, texts, timeout_s, task_rules(prompts, len(texts)))
+    lengths = completion_lengths(completions, completion_ids)
+    keys = [_prompt_key(p) for p in prompts]
+    if len(keys) != len(lengths):
+        raise ValueError(f"len_reward: {len(keys)} prompts for {len(lengths)} completions")
+    span: dict[str, tuple[int, int]] = {}  # prompt -> (shortest, longest) of its completions
+    for k, n in zip(keys, lengths, strict=True):
+        lo, hi = span.get(k, (n, n))
+        span[k] = (min(lo, n), max(hi, n))
+    out = []
+    for j, n, k in zip(judged, lengths, keys, strict=True):
+        info = {"length": n, "reason": j.reason}
+        if j.verdict is None:
+            out.append(Scored(None, info))
+            continue
+        lo, hi = span[k]
+        lam = 0.0 if hi == lo else 0.5 - (n - lo) / (hi - lo)
+        out.append(Scored(lam if j.verdict else min(0.0, lam), {"correct": j.verdict, **info}))
+    return out
+
+
+@register_reward("code_format_reward")
+def code_format_reward(prompts: list, completions: list, language: str = "python", **kwargs: Any) -> list[float]:
+    """open-r1's ``get_code_format_reward(language)``: 1.0 for
+    ``<think>\\n...\\n</think>\\n<answer>\\n...\\n</answer>`` (newlines as written) whose answer holds a fenced
+    block tagged ``language``, else 0.0. As with open-r1's pattern (``re.M``), lines after ``</answer>`` are not
+    checked.
+
+    >>> ok = "<think>\\nloop\\n</think>\\n<answer>\\n```python\\nprint(1)\\n```\\n</answer>"
+    >>> code_format_reward(["q"] * 3, [ok, ok.replace("python", "cpp"), "```python\\nprint(1)\\n```"])
+    [1.0, 0.0, 0.0]
+    >>> code_format_reward(["q"], [ok.replace("python", "cpp")], language="cpp")
+    [1.0]
+    """
+    pattern = _code_format_re(language)
+    return [float(pattern.match(text) is not None) for text in completion_texts(completions)]
+
+
+def _code_format_re(language: str) -> re.Pattern[str]:
+    # open-r1 puts the language into its pattern unescaped; escaped here so that "c++" means the tag c++.
+    return re.compile(
+        rf"^<think>\n.*?\n</think>\n<answer>\n.*?```{re.escape(language)}.*?```.*?\n</answer>$", re.S | re.M
+    )

@@ -3,6 +3,14 @@
 The trainer never calls a reward directly: it calls ``RewardScorer.score``, which calls each reward by keyword as
 TRL does (``rewards.base``), checks its output, records failures (the failing samples abstain; the first traceback
 is logged) and stops the run when more than ``rewards.max_error_fraction`` of a batch fails for one reward.
+
+The total (``weighted_total``) is the weighted sum of the rewards' values, and a sample on which a weighted reward
+has no value gets no total (None): it is left out of its group's advantage statistics and out of the loss, and
+counted (``reward_missing``). Summing the others instead would score a crashed answer check beside a passing
+format check 0.2 - exactly a wrong answer - and teach the policy that its (maybe right) answer was wrong. A reward
+that abstains by design on samples it does not apply to (a multi-task mix: the math reward on code prompts) sets
+``on_abstain: skip``: its abstentions then leave the others' sum standing, as TRL's ``nansum`` does. A reward that
+raised on a sample drops it whatever ``on_abstain`` says: a crash is not a verdict.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import logging
 import math
 import traceback
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +55,10 @@ class RewardFailureError(RuntimeError):
     """Too many samples failed for one reward: the run stops rather than train on a broken signal."""
 
 
+ON_ABSTAIN = ("drop", "skip")
+"""``RewardSpec.on_abstain`` choices: a sample the reward abstains on gets no total, or the others' sum."""
+
+
 @dataclass(frozen=True)
 class RewardSpec:
     """One reward of a recipe: ``{name: math_accuracy, weight: 1.0, kwargs: {...}, columns: {answer: solution}}``."""
@@ -65,6 +77,11 @@ class RewardSpec:
     """Makes ``name`` a reward factory: it is called once, by keyword, with these arguments and what it returns is
     the reward (e.g. ``{name: trl.rewards:get_soft_overlong_punishment, init: {max_completion_len: 64,
     soft_punish_cache: 16}}``). ``{}`` calls it without arguments; unset, ``name`` is the reward itself."""
+    on_abstain: str = "drop"
+    """What a sample this reward returned None for gets as its total: ``drop`` - none (it leaves its group's
+    advantage and the loss; the default: an unknown verdict is not a zero), or ``skip`` - the weighted sum of the
+    other rewards (TRL's rule; for rewards that apply to some samples only). A sample the reward raised on is
+    always dropped. Ignored at weight 0."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -73,6 +90,10 @@ class RewardSpec:
             raise ValueError(f"rewards[{self.name}].weight: must be a finite number, got {self.weight!r}")
         if self.init is not None and not isinstance(self.init, dict):
             raise ValueError(f"rewards[{self.name}].init: must be a mapping of the factory's arguments")
+        if self.on_abstain not in ON_ABSTAIN:
+            raise ValueError(
+                f"rewards[{self.name}].on_abstain: must be one of {list(ON_ABSTAIN)}, got {self.on_abstain!r}"
+            )
 
     @property
     def label(self) -> str:
@@ -300,6 +321,17 @@ class RewardColumn:
         return len(self.errors)
 
     @property
+    def failed(self) -> tuple[bool, ...]:
+        """Per completion: whether the reward raised on it (its info's ``error`` is one of ``errors``; a reward's own
+        ``error`` notes, e.g. the code rewards' "no program found", are not failures).
+
+        >>> RewardColumn("a", (None, None), ({"error": "E: x"}, {"error": "no program found"}), ("E: x",)).failed
+        (True, False)
+        """
+        raised = set(self.errors)
+        return tuple(v is None and i.get("error") in raised for v, i in zip(self.values, self.info, strict=True))
+
+    @property
     def present(self) -> list[float]:
         """The values of the completions the reward did not abstain on."""
         return [v for v in self.values if v is not None]
@@ -319,16 +351,17 @@ class RewardColumn:
 class RewardScores:
     """Every reward's verdicts on one batch of completions, and their weighted total, in batch order.
 
-    >>> s = RewardScores.weighted([RewardColumn("a", (1.0, None), ({}, {})), RewardColumn("b", (0.5, None), ({}, {}))],
+    >>> s = RewardScores.weighted([RewardColumn("a", (1.0, None), ({}, {})), RewardColumn("b", (0.5, 1.0), ({}, {}))],
     ...                           {"a": 2.0, "b": 1.0})
     >>> s.total, s["b"].values, s.labels
-    ((2.5, None), (0.5, None), ['a', 'b'])
+    ((2.5, None), (0.5, 1.0), ['a', 'b'])
     """
 
     rewards: tuple[RewardColumn, ...]
     """One column per reward of the recipe, in recipe order."""
     total: tuple[float | None, ...]
-    """Weighted sum over the rewards that did not abstain; None when every reward abstained."""
+    """The weighted sum (``weighted_total``); None where a weighted reward abstained (``on_abstain: drop``) or raised,
+    or where every reward abstained."""
 
     def __post_init__(self) -> None:
         labels = self.labels
@@ -339,9 +372,21 @@ class RewardScores:
             raise ValueError(f"RewardScores: reward(s) {bad} do not have one value per completion ({len(self.total)})")
 
     @classmethod
-    def weighted(cls, rewards: Sequence[RewardColumn], weights: Mapping[str, float]) -> RewardScores:
-        """The scores of ``rewards`` with their total under ``weights`` (label -> weight)."""
-        total = weighted_total({c.label: c.values for c in rewards}, weights)
+    def weighted(
+        cls,
+        rewards: Sequence[RewardColumn],
+        weights: Mapping[str, float],
+        on_abstain: Mapping[str, str] | None = None,
+    ) -> RewardScores:
+        """The scores of ``rewards`` with their total under ``weights`` (label -> weight) and ``on_abstain`` (label
+        -> ``RewardSpec.on_abstain``; a label not given: ``drop``)."""
+        on_abstain = on_abstain or {}
+        total = weighted_total(
+            {c.label: c.values for c in rewards},
+            weights,
+            skip={c.label for c in rewards if on_abstain.get(c.label, "drop") == "skip"},
+            failed={c.label: c.failed for c in rewards},
+        )
         return cls(tuple(rewards), tuple(total))
 
     @classmethod
@@ -374,17 +419,22 @@ class RewardScores:
 
     def metrics(self) -> dict[str, float | Metric]:
         """Per reward: its mean over non-abstained completions, the share it abstained on, and its error count (a
-        count: summed over processes).
+        count: summed over processes); and the completions with no total, which train on nothing (a count, and
+        their share of the batch).
 
         >>> RewardScores.weighted([RewardColumn("a", (1.0, None), ({}, {"error": "E: x"}), ("E: x",))], {"a": 1.0}
-        ...                       ).metrics()
-        {'reward/a': 1.0, 'reward/a/abstain_frac': 0.5, 'reward/a/errors': Metric(value=1, reduce='sum')}
+        ...                       ).metrics()  # doctest: +NORMALIZE_WHITESPACE
+        {'reward/a': 1.0, 'reward/a/abstain_frac': 0.5, 'reward/a/errors': Metric(value=1, reduce='sum'),
+         'reward_missing': Metric(value=1, reduce='sum'), 'reward_missing_frac': 0.5}
         """
         out: dict[str, float | Metric] = {}
         for c in self.rewards:
             out[f"reward/{c.label}"] = c.mean
             out[f"reward/{c.label}/abstain_frac"] = c.abstain_frac
             out[f"reward/{c.label}/errors"] = Sum(c.n_errors)
+        missing = sum(t is None for t in self.total)
+        out["reward_missing"] = Sum(missing)
+        out["reward_missing_frac"] = missing / max(len(self.total), 1)
         return out
 
 
@@ -445,7 +495,11 @@ class RewardScorer:
                     f"rewards.max_error_fraction={self.max_error_fraction}; fix the reward (its first traceback is "
                     "in the log above), or raise rewards.max_error_fraction if such failures are expected"
                 )
-        return RewardScores.weighted(verdicts, {b.spec.label: b.spec.weight for b in self.bound})
+        return RewardScores.weighted(
+            verdicts,
+            {b.spec.label: b.spec.weight for b in self.bound},
+            {b.spec.label: b.spec.on_abstain for b in self.bound},
+        )
 
     def _score_one(
         self, b: BoundReward, prompts, completions, columns, *, completion_ids, trainer_state
@@ -489,15 +543,34 @@ def trainer_state(*, global_step: int, max_steps: int) -> Any:
     return TrainerState(global_step=global_step, max_steps=max_steps)
 
 
-def weighted_total(values: Mapping[str, Sequence[float | None]], weights: Mapping[str, float]) -> list[float | None]:
-    """Sum of ``weight * value`` over rewards that did not abstain.
+def weighted_total(
+    values: Mapping[str, Sequence[float | None]],
+    weights: Mapping[str, float],
+    *,
+    skip: Collection[str] = (),
+    failed: Mapping[str, Sequence[bool]] | None = None,
+) -> list[float | None]:
+    """Per sample, the sum of ``weight * value`` over the rewards, or None (no total: the sample trains on nothing)
+    when a reward of non-zero weight has no value for it - unless that reward is in ``skip`` (``on_abstain: skip``)
+    and did not fail (``failed``: label -> per sample, whether the reward raised) - or when every reward abstained.
 
-    >>> weighted_total({"a": [1.0, None, None], "b": [0.5, 1.0, None]}, {"a": 2.0, "b": 1.0})
-    [2.5, 1.0, None]
+    >>> v = {"acc": [1.0, None, None, None], "fmt": [1.0, 1.0, 1.0, None]}
+    >>> weighted_total(v, {"acc": 1.0, "fmt": 0.2})  # acc abstained on 1-3: no total (not 0.2, a wrong answer's)
+    [1.2, None, None, None]
+    >>> weighted_total(v, {"acc": 1.0, "fmt": 0.2}, skip={"acc"}, failed={"acc": [False, False, True, False]})
+    [1.2, 0.2, None, None]
+    >>> weighted_total(v, {"acc": 0.0, "fmt": 0.2})  # a weight-0 reward (logged only) never drops a sample
+    [0.2, 0.2, 0.2, None]
     """
     n = len(next(iter(values.values()), []))
+    failed = failed or {}
     out: list[float | None] = []
     for i in range(n):
+        missing = [
+            k
+            for k, v in values.items()
+            if v[i] is None and weights[k] != 0 and (k not in skip or (k in failed and failed[k][i]))
+        ]
         parts = [weights[k] * v[i] for k, v in values.items() if v[i] is not None]
-        out.append(sum(parts) if parts else None)
+        out.append(sum(parts) if parts and not missing else None)
     return out

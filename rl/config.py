@@ -299,7 +299,8 @@ class RewardsConfig:
     )
     """Rewards as names + weights (+ kwargs, + column renames); the total is the weighted sum."""
     max_error_fraction: float = 0.1
-    """Stop the run when more than this share of one batch fails for one reward (failures abstain)."""
+    """Stop the run when more than this share of one batch fails for one reward. Below it, a failed sample gets no
+    total and is left out of the loss."""
 
     def __post_init__(self) -> None:
         _check(len(self.rules) > 0, "rewards.rules: at least one reward is needed")

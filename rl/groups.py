@@ -84,7 +84,7 @@ class CollectedGroups:
     scores: RewardScores
     """Their reward verdicts, rows as ``batch``."""
     reward_B: torch.Tensor
-    """Their total rewards (NaN = every reward abstained)."""
+    """Their total rewards (NaN = no total: a weighted reward abstained or failed, ``rewards.scoring``)."""
     keep_B: torch.Tensor
     """bool: the rows of the groups the step trains on (all of them without dynamic sampling)."""
     metrics: dict[str, Any] = field(default_factory=dict)

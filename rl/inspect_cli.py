@@ -9,9 +9,9 @@ from core.configio import ConfigError
 
 FILTER_HELP = """\
 a pandas DataFrame.query expression over the rollout columns (your own expression, evaluated with pandas'
-python engine): step, group_id, prompt_id, prompt, completion, reward, advantage, num_tokens, finish_reason,
-mean_logprob, reward/<name>, reward_info/<name> (JSON text), data/<column>. Quote names holding / in
-backticks, and the whole expression in single quotes for the shell. Examples: 'reward < 1';
+python engine): step, group_id, prompt_id, prompt, completion, reward (null: no total), advantage, num_tokens,
+finish_reason, mean_logprob, completion_ids, reward/<name>, reward_info/<name> (JSON text), data/<column>. Quote
+names holding / in backticks, and the whole expression in single quotes for the shell. Examples: 'reward < 1';
 '`reward/math_accuracy` == 0 and finish_reason == "length"'; 'completion.str.contains("</answer>.", regex=False)'
 """
 

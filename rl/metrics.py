@@ -20,8 +20,8 @@ from rollouts.records import RolloutBatch
 
 
 def reward_metrics(scores: RewardScores, reward_B: torch.Tensor, group_B: torch.Tensor) -> dict[str, float | Metric]:
-    """The total reward's mean and spread over ``reward_B`` (NaN = every reward abstained), each reward's
-    ``RewardScores.metrics``, and the share of groups (``group_B``) whose rewards are all equal.
+    """The total reward's mean and spread over ``reward_B`` (NaN = no total: a weighted reward abstained or failed),
+    each reward's ``RewardScores.metrics``, and the share of groups (``group_B``) whose rewards are all equal.
 
     >>> from rewards.scoring import RewardColumn
     >>> scores = RewardScores.weighted([RewardColumn("acc", (1.0, 0.0, 1.0, 1.0), ({},) * 4)], {"acc": 1.0})

@@ -257,10 +257,12 @@ def _generate(args: argparse.Namespace) -> int:
         stop=loaded.stop,
     )
     batch = backend.generate([Prompt("cli", text)], [0], num_generations=args.n, greedy=greedy)
+    from rollouts.view import printable  # model output never drives the terminal (escape sequences shown escaped)
+
     for i, c in enumerate(batch.completions, 1):
         if args.n > 1:
             print(f"--- completion {i}/{args.n} ({c.finish_reason}, {c.num_tokens} tokens) ---")
-        print(c.text)
+        print(printable(c.text))
     return 0
 
 

@@ -246,6 +246,9 @@ class GRPOTrainer:
         adv_B = self.advantage_fn(reward_B, group_B, std_scale=a.std_scale)  # groups are process-local
         t_reward = time.time()
         seq = to_tensors(batch.completions, self.policy.tokenizer.pad_token_id).to(self.device)
+        # No total (NaN: a weighted reward abstained or failed, rewards.scoring): advantage 0 already; out of the loss
+        # too, so it adds no KL pull and no share of the normaliser - a group with no totals trains on nothing.
+        seq.completion_mask_BT = mask_rows(seq.completion_mask_BT, torch.isnan(reward_B))
         if a.mask_truncated:  # DAPO overlong filtering: cut completions leave the loss, not the advantages
             seq.completion_mask_BT = mask_rows(
                 seq.completion_mask_BT, torch.tensor([c.finish_reason == "length" for c in batch.completions])

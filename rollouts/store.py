@@ -7,9 +7,12 @@ Layout of a run directory::
 Columns (one row per completion):
 
     step, group_id, prompt_id, prompt, completion     ints / text
-    reward                                            weighted total; null when every reward abstained
+    reward                                            weighted total; null when there is none (a weighted reward
+                                                      abstained or failed: ``rewards.scoring.weighted_total``)
     reward/<name>, reward_info/<name>                 each reward's value (null = abstained) and its info as JSON
     advantage, num_tokens, finish_reason              finish_reason: eos, stop (a ``rollout.stop`` string) or length
+    completion_ids                                    the completion's token ids (no prompt, no padding), as the
+                                                      rewards received them: ``rollouts.rescore`` passes them again
     mean_logprob                                      the r1kit sampler's mean log-prob (null with ``generate``)
     data/<column>                                     the dataset columns rewards read (e.g. data/answer)
     <extra>                                           per-completion columns the trainer adds: ``kept`` (False for
@@ -114,6 +117,7 @@ def rollout_table(
         cols[f"reward_info/{reward.label}"] = pa.array([to_json(reward.info[i]) for i in rows], pa.string())
     cols["advantage"] = pa.array([adv[i] for i in rows], pa.float64())
     cols["num_tokens"] = pa.array([c.num_tokens for c in comps], pa.int64())
+    cols["completion_ids"] = pa.array([list(c.token_ids) for c in comps], pa.list_(pa.int32()))  # vocab < 2**31
     cols["finish_reason"] = pa.array([c.finish_reason for c in comps], pa.string())
     cols["mean_logprob"] = pa.array([_mean(c.logprobs) for c in comps], pa.float64())
     for name in sorted({k for c in comps for k in c.prompt.columns}):

@@ -1,12 +1,16 @@
 """Reading stored rollouts: select (filter, sort, limit) and render as a rich table with the reward breakdown.
 
 Model output is shown as plain ``rich.text.Text``, never parsed as markup: a completion containing ``[bold]`` or
-``[/]`` prints as written.
+``[/]`` prints as written. And every text that comes from a model, a program or a reward passes through
+``printable`` on its way to a terminal or a notebook (``rollouts_table``, ``breakdown``, ``safe_frame``): control
+bytes, escape sequences and bidi overrides are shown escaped (``\\x1b[2J``), never interpreted - a completion
+must not be able to clear the screen, retitle the terminal or reorder what is shown around it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
@@ -16,6 +20,47 @@ from rollouts.store import reward_names
 
 if TYPE_CHECKING:
     import pandas as pd
+
+_UNSAFE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f"  # C0 controls but \t \n (ESC starts terminal sequences; NUL, BS, CR rewrite
+    # lines), DEL, C1 (\x9b is a one-byte CSI)
+    "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"  # bidi marks, embeddings, overrides, isolates
+    "\u2028\u2029]"  # line and paragraph separators: break lines where the viewer does not expect it
+)
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def printable(text: Any) -> str:
+    """``text`` with control characters, C1 controls and bidi overrides written as escapes (``\\x1b``,
+    ``\\u202e``); newlines and tabs stay layout, everything else (backslashes, CJK, emoji) as is. The one escaping
+    function of every text view of rollouts: a completion cannot drive the terminal or notebook showing it.
+
+    >>> printable("ok\\n\\tnext \\x1b[2J\\x1b]0;pwned\\x07 a\\rb\\x00\\x08 \\x9b \\u202eevil \\\\frac")
+    'ok\\n\\tnext \\\\x1b[2J\\\\x1b]0;pwned\\\\x07 a\\\\x0db\\\\x00\\\\x08 \\\\x9b \\\\u202eevil \\\\frac'
+    """
+    return _UNSAFE.sub(_escape, text if isinstance(text, str) else str(text))
+
+
+def safe_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``df`` for display (notebooks): every text cell and column name through ``printable``. Other
+    cells are left alone (pandas shows lists and dicts by ``repr``, which escapes control characters itself), and
+    pandas' HTML rendering escapes ``<`` and ``&``, so a completion holding ``<script>`` shows as text.
+
+    >>> import pandas as pd
+    >>> safe_frame(pd.DataFrame({"completion": ["\\x1b[2Jhi", "ok"], "n": [1, 2]})).to_dict("list")
+    {'completion': ['\\\\x1b[2Jhi', 'ok'], 'n': [1, 2]}
+    """
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype == object or str(out[col].dtype) in ("string", "str"):
+            out[col] = out[col].map(lambda v: printable(v) if isinstance(v, str) else v)
+    out.columns = [printable(c) if isinstance(c, str) else c for c in out.columns]
+    return out
+
 
 SORT_KEYS = {"reward": "reward", "advantage": "advantage", "length": "num_tokens"}
 """``--sort`` choice -> column."""
@@ -77,7 +122,7 @@ def breakdown(row: pd.Series, names: list[str], max_info: int = 80) -> Text:
         v = row.get(f"reward/{name}")
         if i:
             out.append("\n")
-        out.append(f"{name} ", style="bold")
+        out.append(f"{printable(name)} ", style="bold")
         out.append("abstain" if _fmt(v) == "-" else _fmt(v), style=_value_style(v))
         raw = row.get(f"reward_info/{name}")
         info = json.loads(raw) if isinstance(raw, str) and raw else {}
@@ -86,7 +131,8 @@ def breakdown(row: pd.Series, names: list[str], max_info: int = 80) -> Text:
                 f"{k}={json.dumps(val, ensure_ascii=False) if not isinstance(val, str) else val}"
                 for k, val in info.items()
             )
-            out.append("  " + (text if len(text) <= max_info else text[: max_info - 1] + "…"), style="dim")
+            text = text if len(text) <= max_info else text[: max_info - 1] + "…"
+            out.append("  " + printable(text), style="dim")  # program output, extracted answers: model text
     return out
 
 
@@ -98,7 +144,8 @@ def rollouts_table(
     ``show_step`` adds a step column (default: when the rows span several steps)."""
     names = reward_names(df)
     many_steps = df["step"].nunique() > 1 if show_step is None else show_step
-    table = Table(title=title, show_lines=True, expand=False)
+    # The title holds the user's --filter: shown as typed, never parsed as markup either.
+    table = Table(title=None if title is None else Text(printable(title)), show_lines=True, expand=False)
     if many_steps:
         table.add_column("step", justify="right")
     table.add_column("group", justify="right")
@@ -110,14 +157,14 @@ def rollouts_table(
     table.add_column("tokens", justify="right")
     for _, row in df.iterrows():
         text = row["completion"]
-        completion = Text(text if len(text) <= max_chars else text[: max_chars - 1] + "…")
+        completion = Text(printable(text if len(text) <= max_chars else text[: max_chars - 1] + "…"))
         if row["finish_reason"] == "length":
             completion.append(" [cut at max_new_tokens]", style="italic magenta")
         cells = [str(row["step"])] if many_steps else []
         cells += [str(row["group_id"])]
         table.add_row(
             *cells,
-            Text(row["prompt"]),
+            Text(printable(row["prompt"])),
             completion,
             Text(_fmt(row["reward"]), style=_value_style(row["reward"])),
             breakdown(row, names),

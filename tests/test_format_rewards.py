@@ -162,7 +162,9 @@ def test_cosine_length_clamps_past_max_len_and_abstains_on_bad_gold():
     out = cosine_length(["q", "q"], [long_right, "\\boxed{7}"], answer=["7", "\\frac{"], max_len=100)
     assert out == [0.5, None]  # past max_len keeps the max_len value (min_value_correct), not cos > pi
     detailed = REWARDS.get("cosine_length").score(["q"], ["\\boxed{7}"], answer=["7"], completion_ids=[[1, 2]])
-    assert detailed[0].info == {"correct": True, "length": 2}
+    assert detailed[0].info == {"correct": True, "length": 2, "reason": "correct"}
+    bad_gold = REWARDS.get("cosine_length").score(["q"], ["\\boxed{7}"], answer=["\\frac{"], completion_ids=[[1]])
+    assert bad_gold[0].value is None and bad_gold[0].info["reason"] == "gold does not parse"
 
 
 @pytest.mark.parametrize(

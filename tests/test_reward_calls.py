@@ -251,7 +251,7 @@ def bad_extra(completions, log_extra, **kwargs):
             RewardSpec("math_acuracy"),
             [],
             r"rewards\.rules\[1\]\.name: unknown reward 'math_acuracy'; did you mean 'math_accuracy'\? Known: "
-            r".*code_accuracy, .*tag_count\. For your own reward give 'package\.module:function'",
+            r".*code_accuracy, .*tag_count, think_format_reward\. For your own reward give 'package\.module:function'",
         ),
         (
             RewardSpec("nowhere/x.py:f"),

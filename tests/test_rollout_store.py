@@ -30,6 +30,7 @@ FIXED = [
     "num_tokens",
     "finish_reason",
     "mean_logprob",
+    "completion_ids",
 ]
 
 
@@ -39,15 +40,16 @@ def test_rollout_table_columns_and_values(fake_step):
     assert set(FIXED) | {"reward/acc", "reward/fmt", "reward_info/acc", "reward_info/fmt", "data/answer"} == set(df)
     assert len(df) == 8 and (df["step"] == 7).all()
     assert df["group_id"].tolist() == [700] * 4 + [701] * 4
-    # Totals are weighted sums over the rewards that did not abstain: k=0 -> 1 + 0.5, k=1 -> 0 (fmt abstains).
+    # Totals are weighted sums: k=0 -> 1 + 0.5; k=1 -> none, as fmt (weight 0.5) abstained (rewards.scoring).
     assert df["reward"].iloc[0] == 1.0 + 0.5 * 1.0
-    assert df["reward"].iloc[1] == 0.0
+    assert math.isnan(df["reward"].iloc[1])
     assert math.isnan(df["reward"].iloc[5])  # both rewards abstained: null total
     assert math.isnan(df["reward/fmt"].iloc[1])
     assert json.loads(df["reward_info/acc"].iloc[1]) == {"extracted": "0", "gold": "1"}
     assert df["mean_logprob"].iloc[1] == (-0.5 * 2 + -1.5 * 2) / 2
     assert math.isnan(df["mean_logprob"].iloc[3])  # no logprobs recorded
     assert df["num_tokens"].tolist()[:4] == [2, 3, 4, 5]
+    assert [list(ids) for ids in df["completion_ids"][:2]] == [[7, 7], [7, 7, 7]]  # what rescoring passes again
     assert df["finish_reason"].tolist()[:4] == ["eos", "eos", "eos", "length"]
     assert df["advantage"].tolist()[:2] == [0.5, -0.5]
     assert df["data/answer"].tolist() == ["1"] * 4 + ["2"] * 4
