@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The tree whose sandbox is measured: this one, or (R1KIT_BENCH_TREE, set by --baseline-rev) a baseline's worktree.
+sys.path.insert(0, os.environ.get("R1KIT_BENCH_TREE") or str(Path(__file__).resolve().parents[1]))
 
 from rewards.code import get_sandbox, run, run_many  # noqa: E402
 from rewards.code.tiers import TIERS  # noqa: E402
@@ -80,6 +81,51 @@ def _one(script: Path, runs: int, tiers: list[str]) -> dict:
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
+def serve(tier: str) -> None:
+    """Worker of ``interleaved_latency``: for each line ``N`` on stdin, N trivial runs one at a time in ``tier``;
+    prints their latencies (ms) as one JSON line."""
+    run(*TRIVIAL, backend=tier)  # warm-up
+    print("ready", flush=True)
+    for line in sys.stdin:
+        print(json.dumps(latency_list(*TRIVIAL, tier, int(line))), flush=True)
+
+
+def latency_list(program: str, tests: dict, tier: str, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        res = run(program, tests, backend=tier)
+        times.append((time.perf_counter() - t0) * 1000)
+        assert res.pass_fraction == 1.0, res
+    return times
+
+
+def interleaved_latency(base: Path, tier: str, blocks: int, per_block: int = 10) -> dict[str, float]:
+    """Trivial-run latency of the ``base`` tree and of this one, measured in alternating blocks of ``per_block``
+    runs by one long-lived worker per tree, so both see the same moments of the machine's load; medians over all
+    runs."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", tier]
+    env = {k: v for k, v in os.environ.items() if k != "R1KIT_BENCH_TREE"}
+    workers = {
+        name: subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=e)
+        for name, e in (("baseline", {**env, "R1KIT_BENCH_TREE": str(base)}), ("new", env))
+    }
+    try:
+        for w in workers.values():
+            assert w.stdout.readline().strip() == "ready"
+        times: dict[str, list[float]] = {name: [] for name in workers}
+        for _ in range(blocks):
+            for name, w in workers.items():
+                w.stdin.write(f"{per_block}\n")
+                w.stdin.flush()
+                times[name] += json.loads(w.stdout.readline())
+    finally:
+        for w in workers.values():
+            w.stdin.close()
+            w.wait()
+    return {name: round(statistics.median(t), 2) for name, t in times.items()}
+
+
 def compare(rev: str, rounds: int, runs: int, tiers: list[str]) -> dict:
     """This tree's benchmark and ``rev``'s (a git worktree), alternated ``rounds`` times in this one run, so both
     see the same machine and load; ratios are this tree over ``rev`` (median over rounds)."""
@@ -87,11 +133,11 @@ def compare(rev: str, rounds: int, runs: int, tiers: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"
         subprocess.run(["git", "-C", str(root), "worktree", "add", "-q", "--detach", str(base), rev], check=True)
+        old_script = base / "benchmarks" / Path(__file__).name
         try:
-            pairs = [
-                (_one(base / "benchmarks" / Path(__file__).name, runs, tiers), _one(Path(__file__), runs, tiers))
-                for _ in range(rounds)
-            ]
+            pairs = [(_one(old_script, runs, tiers), _one(Path(__file__), runs, tiers)) for _ in range(rounds)]
+            # The old script may predate --serve: this script's worker, importing the old tree's modules.
+            latency = {tier: interleaved_latency(base, tier, blocks=max(runs // 10, 4)) for tier in tiers}
         finally:
             subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(base)], check=True)
     ratios: dict[str, dict[str, float]] = {}
@@ -104,7 +150,17 @@ def compare(rev: str, rounds: int, runs: int, tiers: list[str]) -> dict:
             for old, new in pairs
         ]
         ratios[tier] = {k: round(statistics.median(v), 3) for k, v in r.items()}
-    return {"baseline_rev": rev, "rounds": rounds, "runs": runs, "ratios_new_over_baseline": ratios, "pairs": pairs}
+    for tier, med in latency.items():
+        if tier in ratios:
+            ratios[tier]["trivial_latency_interleaved"] = round(med["new"] / med["baseline"], 3)
+    return {
+        "baseline_rev": rev,
+        "rounds": rounds,
+        "runs": runs,
+        "ratios_new_over_baseline": ratios,
+        "interleaved_trivial_latency_ms": latency,
+        "pairs": pairs,
+    }
 
 
 def main() -> None:
@@ -113,7 +169,11 @@ def main() -> None:
     ap.add_argument("--tiers", nargs="*", default=["bwrap", "unshare", "process"])
     ap.add_argument("--baseline-rev", help="also run this benchmark at a git revision, alternating, and give ratios")
     ap.add_argument("--rounds", type=int, default=2, help="with --baseline-rev: alternations of the two")
+    ap.add_argument("--serve", metavar="TIER", help=argparse.SUPPRESS)  # worker of interleaved_latency
     args = ap.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return
     if args.baseline_rev:
         print(json.dumps(compare(args.baseline_rev, args.rounds, args.runs, args.tiers), indent=2))
         return

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rewards.base import Scored, completion_texts, register_reward
-from rewards.math.verify import DEFAULT_TIMEOUT_S
+from rewards.math.verify import DEFAULT_TIMEOUT_S, warm_pool
 
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 _NO_TAG = r"(?:(?!</?(?:think|answer)>).)*"  # block content: anything but another R1 tag
@@ -419,3 +419,7 @@ def _code_format_re(language: str) -> re.Pattern[str]:
     return re.compile(
         rf"^<think>\n.*?\n</think>\n<answer>\n.*?```{re.escape(language)}.*?```.*?\n</answer>$", re.S | re.M
     )
+
+
+# The correctness-scaled length rewards check answers as math_accuracy does: its workers start at binding too.
+cosine_length.prepare = len_reward.prepare = warm_pool

@@ -23,7 +23,7 @@ from __future__ import annotations
 from rewards.base import Scored, completion_texts, register_reward
 from rewards.math.numbers import Rules
 from rewards.math.request import prompt_text, rules_from_prompt
-from rewards.math.verify import DEFAULT_TIMEOUT_S, judge_batch
+from rewards.math.verify import DEFAULT_TIMEOUT_S, judge_batch, warm_pool
 
 
 @register_reward("math_accuracy", detailed=True)
@@ -63,3 +63,6 @@ def task_rules(
     if len(prompts) != n:
         raise ValueError(f"math_accuracy: {len(prompts)} prompts but {n} completions")
     return [rules_from_prompt(prompt_text(p), base) for p in prompts]
+
+
+math_accuracy.prepare = warm_pool  # the sympy workers start when a recipe's rewards are bound, not at the first check

@@ -77,6 +77,12 @@ def pool() -> TimeoutPool:
     return _POOL
 
 
+def warm_pool() -> None:
+    """Start the sympy workers now (the math rewards' ``prepare``, run when a recipe's rewards are bound), so the
+    first symbolic check of a run does not wait seconds for them to import sympy."""
+    pool().start()
+
+
 def extract_answer(text: str) -> str | None:
     """The answer string a completion gives (the first reading of its final answer that parses), or None."""
     final = final_answer(text)
