@@ -178,7 +178,12 @@ def test_step_metrics_declare_their_reductions(fake_step):
     reward_B = torch.tensor([math.nan if v is None else v for v in scores.total])
     m = {**reward_metrics(scores, reward_B, torch.tensor(batch.group_ids)), **length_metrics(batch)}
     declared = {k: v.reduce for k, v in m.items() if isinstance(v, Metric)}
-    assert declared == {"reward/acc/errors": "sum", "reward/fmt/errors": "sum", "completion_len_max": "max"}
+    assert declared == {
+        "reward/acc/errors": "sum",
+        "reward/fmt/errors": "sum",
+        "reward_missing": "sum",  # samples without a total (a weighted reward abstained or failed), over processes
+        "completion_len_max": "max",
+    }
 
 
 def _free_port() -> int:
