@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from core.configio import ConfigError
+from rl.eval_cli import add_eval_commands
 from rl.inspect_cli import add_commands as add_inspect_commands
 from rl.tools_cli import add_commands as add_tool_commands
 from rl.tools_cli import package_version
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
     add_inspect_commands(sub)
     add_tool_commands(sub)
+    add_eval_commands(sub)
     return parser
 
 
