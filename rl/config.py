@@ -137,6 +137,23 @@ class DataConfig:
         _check(self.num_train > 0, f"data.num_train: must be > 0, got {self.num_train}")
         _check(self.num_eval >= 0, f"data.num_eval: must be >= 0, got {self.num_eval}")
 
+    def prompt_set_args(self) -> dict[str, Any]:
+        """The keyword arguments of ``rollouts.data.load_prompt_sets`` this section gives (all but ``tokenizer``),
+        so the trainer and ``r1kit eval`` read a recipe's prompts the same way."""
+        return {
+            "task": self.task,
+            "path": self.path,
+            "split": self.split,
+            "prompt_column": self.prompt_column,
+            "template": self.template,
+            "num_train": self.num_train,
+            "num_eval": self.num_eval,
+            "seed": self.seed,
+            "subset": self.subset,
+            "adapter": self.adapter,
+            "filters": self.filter,
+        }
+
 
 @dataclass(frozen=True)
 class RolloutConfig:

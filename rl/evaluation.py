@@ -280,20 +280,7 @@ def eval_prompts(cfg, data: str | None, *, limit: int | None, tokenizer=None, pr
     if task is not None:
         _, ev = split_examples(task, n_train=0, n_eval=limit or d.num_eval, seed=d.seed)
         return to_prompts(ev, d.template, "eval-"), f"task {task} held out (seed {d.seed})"
-    sets = load_prompt_sets(
-        task=None,
-        path=d.path,
-        split=d.split,
-        prompt_column=d.prompt_column,
-        template=d.template,
-        num_train=d.num_train,
-        num_eval=d.num_eval,
-        seed=d.seed,
-        subset=d.subset,
-        adapter=d.adapter,
-        filters=d.filter,
-        tokenizer=tokenizer,
-    )
+    sets = load_prompt_sets(**d.prompt_set_args(), tokenizer=tokenizer)  # d.task is None here
     return sets.eval[:limit], f"{d.path} held out ({d.num_eval} rows)"
 
 

@@ -135,20 +135,7 @@ class GRPOTrainer:
         cfg, d = self.cfg, self.cfg.data
         with accelerator.main_process_first():  # downloads and dataset caches: once, then read by the others
             tokenizer = load_tokenizer(resolve_source(cfg.model, d), cfg.model) if d.template == "chat" else None
-            return load_prompt_sets(
-                task=d.task,
-                path=d.path,
-                split=d.split,
-                prompt_column=d.prompt_column,
-                template=d.template,
-                num_train=d.num_train,
-                num_eval=d.num_eval,
-                seed=d.seed,
-                subset=d.subset,
-                adapter=d.adapter,
-                filters=d.filter,
-                tokenizer=tokenizer,
-            )
+            return load_prompt_sets(**d.prompt_set_args(), tokenizer=tokenizer)
 
     def _make_backend(self):
         """The recipe's generation backend over the plain policy module."""
