@@ -11,6 +11,9 @@ from pathlib import Path
 from core.configio import ConfigError
 from rl.eval_cli import add_eval_commands
 from rl.inspect_cli import add_commands as add_inspect_commands
+from rl.pipeline_cli import add_pipeline_commands
+from rl.sample_cli import add_sample_commands
+from rl.sft_cli import add_sft_commands
 from rl.tools_cli import add_commands as add_tool_commands
 from rl.tools_cli import package_version
 
@@ -32,7 +35,7 @@ def _train(args: argparse.Namespace) -> int:
 
         shutil.rmtree(run_dir, ignore_errors=True)
     if args.resume:
-        check_resume_recipe(cfg, run_dir, force=args.force)
+        check_resume_recipe(cfg, run_dir, force=args.force, unread=("sft", "sample"))
     log_to_run_dir(run_dir)
     GRPOTrainer(cfg, run_dir, resume=args.resume).train()
     return 0
@@ -51,9 +54,10 @@ RESUME_MAY_CHANGE = (
 )
 
 
-def check_resume_recipe(cfg, run_dir: Path, *, force: bool) -> None:
+def check_resume_recipe(cfg, run_dir: Path, *, force: bool, unread: tuple[str, ...] = ()) -> None:
     """Refuse to resume with a recipe that differs from the run's ``config.yaml`` (e.g. another batch size would
-    fail deep inside the optimizer state), naming the keys that differ."""
+    fail deep inside the optimizer state), naming the keys that differ. ``unread``: sections the command does not
+    read (``r1kit train`` ignores ``sft`` and ``sample``; a run written before they existed lacks them)."""
     import yaml
 
     from rl.config import dump_recipe, recipe_changes
@@ -63,7 +67,7 @@ def check_resume_recipe(cfg, run_dir: Path, *, force: bool) -> None:
         return
     saved = yaml.safe_load(saved_path.read_text()) or {}
     changes = recipe_changes(saved, yaml.safe_load(dump_recipe(cfg)))
-    changed = {k: v for k, v in changes.items() if k not in RESUME_MAY_CHANGE}
+    changed = {k: v for k, v in changes.items() if k not in RESUME_MAY_CHANGE and k.partition(".")[0] not in unread}
     if changed and not force:
         shown = "; ".join(f"{k}: {v0!r} -> {v1!r}" for k, (v0, v1) in list(changed.items())[:8])
         raise ConfigError(
@@ -111,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_inspect_commands(sub)
     add_tool_commands(sub)
     add_eval_commands(sub)
+    add_sft_commands(sub)
+    add_sample_commands(sub)
+    add_pipeline_commands(sub)
     return parser
 
 

@@ -41,6 +41,8 @@ TEMPLATES: Registry[str] = Registry("prompt template")
 TEMPLATES.add("r1", R1_SYSTEM_PROMPT + " User: {question}. Assistant:")
 # The tiny models read characters: a short template keeps sequences (and CPU steps) short.
 TEMPLATES.add("qa", "Q: {question}\nA:")
+# The prompt exactly as given: for datasets whose prompt column is already formatted (r1kit sample's rl_prompts).
+TEMPLATES.add("none", "{question}")
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,10 @@ class Example:
 
     def completion(self, answer: str | None = None) -> str:
         return f"<think>{self.reasoning}</think><answer>{self.answer if answer is None else answer}</answer>"
+
+    def plain_completion(self, answer: str | None = None) -> str:
+        """The same worked steps without the R1 tags (a base pre-trained on these has never seen the template)."""
+        return f"{self.reasoning} so the answer is {self.answer if answer is None else answer}"
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,10 @@ STAND_INS = {
     "r1_zero_math_moonlight_dr_grpo.yaml": ("deepseek_v3", math_rows),  # Moonlight: the DeepSeek-V3 architecture
     "r1_zero_numina_qwen3_moe_gspo.yaml": ("qwen3_moe", numina_rows),
 }
-RECIPES = sorted(Path(__file__).parents[1].joinpath("recipes").glob("*.yaml"))
+# Pipeline files (r1kit pipeline: *_pipeline.yaml) are tested in tests/test_pipeline.py.
+RECIPES = sorted(
+    p for p in Path(__file__).parents[1].joinpath("recipes").glob("*.yaml") if not p.stem.endswith("_pipeline")
+)
 
 
 def shrunk(recipe: Path, model_dir: str, data_path: Path | None) -> list[str]:

@@ -133,7 +133,18 @@ def test_config_prints_the_resolved_recipe_and_round_trips(tmp_path):
     cfg = load_recipe(recipe, overrides)
     assert proc.stdout == dump_recipe(cfg)
     parsed = yaml.safe_load(proc.stdout)
-    assert list(parsed) == ["model", "data", "rollout", "algorithm", "rewards", "training", "logging", "moe"]
+    assert list(parsed) == [
+        "model",
+        "data",
+        "rollout",
+        "algorithm",
+        "rewards",
+        "training",
+        "logging",
+        "moe",
+        "sft",
+        "sample",
+    ]
     assert parsed["training"]["lr"] == 0.001 and parsed["algorithm"]["beta"] == 0.02
     assert parsed["moe"] == RecipeConfig().to_dict()["moe"]  # a section the recipe does not mention: all defaults
     (tmp_path / "resolved.yaml").write_text(proc.stdout)

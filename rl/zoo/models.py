@@ -160,6 +160,28 @@ def _qwen2_moe(vocab_size: int, **kw) -> PretrainedConfig:
     )
 
 
+@TINY_FAMILIES.register("qwen3")
+def _qwen3_dense(vocab_size: int, **kw) -> PretrainedConfig:
+    from transformers import Qwen3Config
+
+    # Dense, and about a third of the MoE families' parameters: the distillation student of the tiny pipeline
+    # (recipes/r1_tiny_pipeline.yaml), another architecture and size than its teacher.
+    return Qwen3Config(
+        **_merged(
+            kw,
+            vocab_size=vocab_size,
+            hidden_size=96,
+            intermediate_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=24,
+            max_position_embeddings=512,
+            tie_word_embeddings=False,
+        )
+    )
+
+
 def tiny_model(family: str, tokenizer: PreTrainedTokenizerFast, seed: int = 0, **config_overrides):
     """A randomly initialised tiny MoE of ``family`` sized for ``tokenizer``."""
     config = TINY_FAMILIES.get(family)(

@@ -36,8 +36,9 @@ def demo_texts(task: str, cfg: PretrainConfig, *, eval_seed: int, n_eval: int) -
     train, _ = split_examples(task, n_train=cfg.n_demos, n_eval=n_eval, seed=eval_seed)
     rng = random.Random(cfg.seed)
     tpl = TEMPLATES.get(cfg.template)
+    write = (lambda ex, a: ex.completion(a)) if cfg.style == "r1" else (lambda ex, a: ex.plain_completion(a))
     return [
-        (tpl.format(question=d.example.question), d.example.completion(d.shown_answer))
+        (tpl.format(question=d.example.question), write(d.example, d.shown_answer))
         for d in (demo(ex, rng, cfg.mistake_rate) for ex in train)
     ]
 
@@ -95,7 +96,10 @@ def ensure_tiny_base(ref: str, *, eval_seed: int, n_eval: int, cfg: PretrainConf
     """
     family, task = parse_tiny_ref(ref)
     cfg = cfg or PretrainConfig()
-    key = json.dumps({"family": family, "task": task, "eval_seed": eval_seed, "n_eval": n_eval, **asdict(cfg)})
+    settings = asdict(cfg)
+    if settings["style"] == "r1":  # the key as before the field existed: bases already cached stay valid
+        del settings["style"]
+    key = json.dumps({"family": family, "task": task, "eval_seed": eval_seed, "n_eval": n_eval, **settings})
     out = cache_root() / "tiny" / f"{family}-{task}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if (out / "r1kit_tiny.json").is_file():
         return out
