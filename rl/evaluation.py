@@ -332,12 +332,15 @@ def evaluate_model(
     format_reward: str | None = None,
     prompt_column: str | None = None,
     progress: bool = False,
+    cfg=None,
 ) -> dict[str, Any]:
     """Evaluate a run directory's final model (its ``config.yaml`` gives template, rewards, held-out data and rollout
     settings) or a model (``recipe``, else the defaults, gives them): the metrics of the module docstring, the
     greedy mean of every reward (``rewards``), the settings used (``settings``) and each prompt's verdicts
     (``per_prompt``: ``PromptResult`` fields, from which every metric can be recomputed). ``temperature`` /
-    ``max_new_tokens`` default to the recipe's ``rollout`` values; ``n`` samples per prompt (default ``k``)."""
+    ``max_new_tokens`` default to the recipe's ``rollout`` values; ``n`` samples per prompt (default ``k``). ``cfg``:
+    a ``RecipeConfig`` to use instead of ``recipe`` or the run's own (``r1kit pipeline`` evaluates each stage's model
+    with the stage's recipe)."""
     n = check_counts(k=k, n=n, limit=limit)
     if max_new_tokens is not None and max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens: must be >= 1, got {max_new_tokens}")
@@ -345,7 +348,7 @@ def evaluate_model(
         raise ConfigError(
             f"--temperature: must be > 0 for the samples (the greedy pass runs anyway), got {temperature}"
         )
-    cfg = eval_recipe(model_or_run, recipe)
+    cfg = cfg or eval_recipe(model_or_run, recipe)
     rules, acc, fmt = pick_rules(cfg.rewards.rules, accuracy_reward, format_reward)
     from rl.tools_cli import load_model
 
@@ -385,21 +388,20 @@ def evaluate_model(
     return {**metrics, "rewards": greedy_means, "settings": settings, "per_prompt": per_prompt}
 
 
-def _generate_and_score(loaded, cfg, s: dict[str, Any], prompts, scorer, state, *, progress: bool):
-    """Greedy and sampled completions of ``prompts`` in rounds of ``CHUNK_PROMPTS``, scored; returns the
-    ``PromptResult`` list and each reward's greedy mean (abstain = 0)."""
+def make_backend(loaded, cfg, *, temperature: float, max_new_tokens: int):
+    """The recipe's rollout backend over a loaded model (moved to the GPU when there is one): ``r1kit eval`` and
+    ``r1kit sample``."""
     import torch
 
-    from rollouts.backends import BACKENDS, torch_threads
+    from rollouts.backends import BACKENDS
 
     r = cfg.rollout
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = loaded.model.to(device)
-    backend = BACKENDS.get(r.backend)(
-        model,
+    return BACKENDS.get(r.backend)(
+        loaded.model.to(device),
         loaded.tokenizer,
-        max_new_tokens=s["max_new_tokens"],
-        temperature=s["temperature"],
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
         top_p=r.top_p,
         top_k=r.top_k,
         stop=r.stop,
@@ -408,6 +410,17 @@ def _generate_and_score(loaded, cfg, s: dict[str, Any], prompts, scorer, state, 
         fused_decode=r.fused_decode,
         threads=r.torch_threads,
     )
+
+
+def _generate_and_score(loaded, cfg, s: dict[str, Any], prompts, scorer, state, *, progress: bool):
+    """Greedy and sampled completions of ``prompts`` in rounds of ``CHUNK_PROMPTS``, scored; returns the
+    ``PromptResult`` list and each reward's greedy mean (abstain = 0)."""
+    import torch
+
+    from rollouts.backends import torch_threads
+
+    backend = make_backend(loaded, cfg, temperature=s["temperature"], max_new_tokens=s["max_new_tokens"])
+    device = next(backend.model.parameters()).device
     results: list[PromptResult] = []
     sums = dict.fromkeys([b.spec.label for b in scorer.bound], 0.0)
     devices = [device.index or 0] if device.type == "cuda" else []
