@@ -296,10 +296,18 @@ def _export(args: argparse.Namespace) -> int:
             f"base_model_name_or_path: {base!r}{local}); pass --merge to write one standalone model with the adapter "
             "merged into the base weights"
         )
+    export_standalone(run, out, arg=str(args.out))
+    print(out)
+    return 0
+
+
+def export_standalone(run: Path, out: Path, *, arg: str = "OUT") -> Path:
+    """Write the run's final model to ``out`` as one standalone transformers model (a LoRA adapter merged into its
+    base), with the tokenizer; ``r1kit export --merge`` and each stage of ``r1kit pipeline``."""
     loaded = load_run(run)
     if loaded.lora_base is not None:
         if Path(loaded.lora_base).exists() and _overlaps(out, Path(loaded.lora_base).resolve()):
-            raise ConfigError(f"OUT: {str(args.out)!r} would overwrite the run's base model; choose another directory")
+            raise ConfigError(f"OUT: {arg!r} would overwrite the run's base model; choose another directory")
         model = loaded.model.merge_and_unload()
     else:
         model = loaded.model  # full fine-tuning: the weights are already standalone
@@ -314,8 +322,7 @@ def _export(args: argparse.Namespace) -> int:
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(out)
-    return 0
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- parsers
