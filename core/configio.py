@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
@@ -183,4 +184,19 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Sequence[str]) -> di
                 raise ConfigError(f"--set {item!r}: {p!r} is a value, not a section")
             node = nxt
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return data
+
+
+def read_yaml_mapping(path: str | Path, what: str, sections: str) -> dict[str, Any]:
+    """The mapping a YAML file holds (empty file: {}); a ``ConfigError`` naming ``what`` (``recipe``, ``pipeline``)
+    when the file is missing, not YAML, or not a mapping of ``sections``."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {str(p)!r} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {str(p)!r}: the top level must be a mapping of {sections}")
     return data

@@ -92,25 +92,30 @@ def log_to_run_dir(run_dir: Path) -> None:
     logging.getLogger().addHandler(handler)
 
 
+def add_run_arguments(p: argparse.ArgumentParser, *, set_example: str) -> None:
+    """The options of every command that writes a run directory from a recipe (``train``, ``sft``)."""
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a recipe key, e.g. --set {set_example} (repeatable)",
+    )
+    p.add_argument("--output-dir", help="run directory (default: logging.output_dir or runs/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+    p.add_argument(
+        "--force", action="store_true", help="with --resume: go on although the recipe differs from RUN/config.yaml"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="r1kit", description="R1-style GRPO post-training for MoE language models")
     parser.add_argument("--version", action="version", version=f"r1kit {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="run a recipe")
     train.add_argument("recipe", help="recipe YAML, e.g. recipes/r1_zero_tiny.yaml")
-    train.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe key, e.g. --set algorithm.num_generations=16 (repeatable)",
-    )
-    train.add_argument("--output-dir", help="run directory (default: logging.output_dir or runs/<recipe name>)")
-    train.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
-    train.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
-    train.add_argument(
-        "--force", action="store_true", help="with --resume: go on although the recipe differs from RUN/config.yaml"
-    )
+    add_run_arguments(train, set_example="algorithm.num_generations=16")
     train.set_defaults(func=_train)
     add_inspect_commands(sub)
     add_tool_commands(sub)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from core.configio import ConfigError, apply_overrides, check_keys, from_dict, to_dict
+from core.configio import ConfigError, apply_overrides, check_keys, from_dict, read_yaml_mapping, to_dict
 from rewards.scoring import RewardSpec
 
 log = logging.getLogger(__name__)
@@ -611,17 +611,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     Relative data paths and reward files are looked up beside the recipe first, then in the working directory.
     ``--set data.path=...`` on a recipe with a synthetic ``data.task`` replaces the task.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"recipe {str(p)!r} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"recipe {str(p)!r} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"recipe {str(p)!r}: the top level must be a mapping of sections")
+    data: dict[str, Any] = {} if path is None else read_yaml_mapping(path, "recipe", "sections")
     recipe_task = (data.get("data") or {}).get("task") if isinstance(data.get("data"), dict) else None
     apply_overrides(data, list(overrides))
     check_keys(RecipeConfig, data)

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import yaml
 
-from core.configio import ConfigError, check_keys, from_dict
+from core.configio import ConfigError, check_keys, from_dict, read_yaml_mapping
 from core.files import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -114,14 +114,7 @@ class PipelineConfig:
 
 def load_pipeline(path: str | Path) -> PipelineConfig:
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"pipeline {str(p)!r} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"pipeline {str(p)!r} is not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"pipeline {str(p)!r}: the top level must be a mapping (shared, stages, eval)")
+    data = read_yaml_mapping(p, "pipeline", "shared, stages, eval")
     check_keys(PipelineConfig, data)
     cfg = from_dict(PipelineConfig, data)
     for i in range(len(cfg.stages)):  # every stage's recipe is valid before the first one runs

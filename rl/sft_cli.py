@@ -15,19 +15,9 @@ def add_sft_commands(sub) -> None:
     """Register ``sft`` on the ``r1kit`` subcommands (``sub``: argparse's subparsers action)."""
     p = sub.add_parser("sft", help="supervised fine-tuning on (prompt, completion) rows (TRL's SFTTrainer)")
     p.add_argument("recipe", help="recipe YAML whose sft section names the rows, e.g. recipes/r1_tiny_pipeline.yaml")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe key, e.g. --set sft.dataset=runs/sample/samples.jsonl (repeatable)",
-    )
-    p.add_argument("--output-dir", help="run directory (default: logging.output_dir or runs/<recipe name>)")
-    p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
-    p.add_argument(
-        "--force", action="store_true", help="with --resume: go on although the recipe differs from RUN/config.yaml"
-    )
+    from rl.cli import add_run_arguments  # rl.cli imports this module: not at the top
+
+    add_run_arguments(p, set_example="sft.dataset=runs/sample/samples.jsonl")
     p.set_defaults(func=_sft)
 
 
