@@ -195,7 +195,7 @@ def test_chat_template_with_a_real_tokenizer(tiny_random_model_dir):
             ],
             r"data\.adapter: unknown 'gsm8'; known:",
         ),
-        (["data.template=r2"], r"data\.template: unknown 'r2'; known: \['qa', 'r1', 'chat'\]"),
+        (["data.template=r2"], r"data\.template: unknown 'r2'; known: \['none', 'qa', 'r1', 'chat'\]"),
         (["data.adapter=math"], r"data\.adapter / data\.filter: apply to data\.path datasets"),
     ],
 )
