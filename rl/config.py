@@ -113,8 +113,9 @@ class DataConfig:
     filter: dict[str, list[Any]] = field(default_factory=dict)
     """Keep only rows whose column holds one of the listed values, e.g. ``{level: [Level 3, Level 4, Level 5]}``."""
     template: str = "qa"
-    """Prompt template: ``qa`` (short, for tiny models), ``r1`` (DeepSeek-R1-Zero's plain text) or ``chat``
-    (the tokenizer's chat template with the R1 system prompt; for instruct models)."""
+    """Prompt template: ``qa`` (short, for tiny models), ``r1`` (DeepSeek-R1-Zero's plain text), ``chat`` (the
+    tokenizer's chat template with the R1 system prompt; for instruct models) or ``none`` (the prompt column as
+    written, e.g. ``r1kit sample``'s ``rl_prompts.jsonl``)."""
     num_train: int = 4000
     """Training prompts to draw (synthetic) or keep at most (files)."""
     num_eval: int = 256
