@@ -25,7 +25,15 @@ def _train(args: argparse.Namespace) -> int:
     from rl.trainer import GRPOTrainer, run_dir_for
 
     cfg = load_recipe(args.recipe, args.set)
-    run_dir = run_dir_for(cfg, args.recipe, args.output_dir)
+    run_dir = prepare_run_dir(cfg, run_dir_for(cfg, args.recipe, args.output_dir), args, unread=("sft", "sample"))
+    GRPOTrainer(cfg, run_dir, resume=args.resume).train()
+    return 0
+
+
+def prepare_run_dir(cfg, run_dir: Path, args: argparse.Namespace, *, unread: tuple[str, ...]) -> Path:
+    """What ``train`` and ``sft`` do to the run directory before a run: refuse to write over a run without
+    ``--resume`` / ``--overwrite``, delete it for ``--overwrite``, check the recipe against it for ``--resume``
+    (``unread``: sections the command ignores), and copy the log into it."""
     if run_dir.joinpath("metrics.jsonl").exists() and not args.resume and not args.overwrite:
         raise ConfigError(
             f"--output-dir: {run_dir} already holds a run; pass --resume to continue it or --overwrite to start over"
@@ -35,10 +43,9 @@ def _train(args: argparse.Namespace) -> int:
 
         shutil.rmtree(run_dir, ignore_errors=True)
     if args.resume:
-        check_resume_recipe(cfg, run_dir, force=args.force, unread=("sft", "sample"))
+        check_resume_recipe(cfg, run_dir, force=args.force, unread=unread)
     log_to_run_dir(run_dir)
-    GRPOTrainer(cfg, run_dir, resume=args.resume).train()
-    return 0
+    return run_dir
 
 
 # Keys a resume may change without --force: they decide how long the run goes on and what it reports, not what

@@ -1,14 +1,8 @@
-"""``r1kit sft RECIPE``: supervised fine-tuning with the recipe's ``sft`` section (``rl.sft``).
-
-``python -m rl.sft_cli RECIPE ...`` runs the same command (the r1kit CLI with ``sft`` registered).
-"""
+"""``r1kit sft RECIPE``: supervised fine-tuning with the recipe's ``sft`` section (``rl.sft``)."""
 
 from __future__ import annotations
 
 import argparse
-import shutil
-
-from core.configio import ConfigError
 
 
 def add_sft_commands(sub) -> None:
@@ -22,7 +16,7 @@ def add_sft_commands(sub) -> None:
 
 
 def _sft(args: argparse.Namespace) -> int:
-    from rl.cli import check_resume_recipe, log_to_run_dir
+    from rl.cli import prepare_run_dir
     from rl.config import load_recipe
     from rl.sft import SFTRunner
     from rl.trainer import run_dir_for
@@ -30,14 +24,6 @@ def _sft(args: argparse.Namespace) -> int:
     cfg = load_recipe(args.recipe, args.set)
     cfg.sft.check_source()  # before anything touches the run directory
     run_dir = run_dir_for(cfg, args.recipe, args.output_dir)
-    if run_dir.joinpath("metrics.jsonl").exists() and not args.resume and not args.overwrite:
-        raise ConfigError(
-            f"--output-dir: {run_dir} already holds a run; pass --resume to continue it or --overwrite to start over"
-        )
-    if args.overwrite and not args.resume:
-        shutil.rmtree(run_dir, ignore_errors=True)
-    if args.resume:
-        check_resume_recipe(cfg, run_dir, force=args.force, unread=("algorithm", "sample"))  # sft reads neither
-    log_to_run_dir(run_dir)
+    prepare_run_dir(cfg, run_dir, args, unread=("algorithm", "sample"))  # sft reads neither
     SFTRunner(cfg, run_dir, resume=args.resume).train()
     return 0
