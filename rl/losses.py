@@ -13,6 +13,12 @@ Every loss is a ``PolicyLoss`` in ``LOSSES`` and is called the same way (checked
     options      the keywords the loss declares (``PolicyLoss.options``), e.g. ``clip_low`` / ``clip_high``: the
                  ratio clip range [1 - clip_low, 1 + clip_high] (DAPO's "clip-higher"); None or absent = the
                  loss's ``default_clip``; an option it does not declare is a TypeError naming it
+    rollout_weight_BT  an option of every built-in loss: a detached per-token weight (``rl.correction``'s TIS / MIS
+                 rollout-correction weight). Each token's policy term is multiplied by it before ``beta * kl_BT``
+                 is added, as TRL does (``gspo``: each row's term by the mean of the weight over the row's real
+                 tokens, which is the sequence-level weight when that is constant on the row). None or absent =
+                 weight 1, bit-identical to no weight. The trainer passes it only when a correction is on;
+                 ``PolicyLoss.takes_rollout_weight`` says whether a loss accepts it.
 
 The object also tells the trainer what it must know: ``normaliser`` (what the loss averages over, which decides
 how gradient accumulation weighs micro-batches) and ``default_clip``.
@@ -38,6 +44,8 @@ LOSS_POSITIONAL = ("logp_BT", "old_logp_BT", "adv_B", "mask_BT")
 LOSS_KEYWORDS = ("kl_BT", "beta", "max_len")
 """The keywords every loss function takes besides its declared options (the trainer always passes them)."""
 CLIP_OPTIONS = ("clip_low", "clip_high")
+ROLLOUT_WEIGHT = "rollout_weight_BT"
+"""The rollout-correction option; an option, not in ``LOSS_KEYWORDS``, so user-registered losses need not take it."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,11 @@ class PolicyLoss:
         # As functools.wraps: the registry's same-definition test, doctest and help() see the function.
         object.__setattr__(self, "__wrapped__", self.fn)
         object.__setattr__(self, "__doc__", self.fn.__doc__)
+
+    @property
+    def takes_rollout_weight(self) -> bool:
+        """Whether the loss accepts the rollout-correction weight (``rollout_weight_BT``)."""
+        return ROLLOUT_WEIGHT in self.options
 
     def resolve(self, **options: Any) -> dict[str, Any]:
         """The options to call ``fn`` with: those given (None = the default) over the defaults.
@@ -161,6 +174,11 @@ def _clean(mask_BT: torch.Tensor, *tensors: torch.Tensor | None) -> list[torch.T
     return [None if t is None else torch.where(m, t, torch.zeros_like(t)) for t in tensors]
 
 
+def _rollout_weighted(term: torch.Tensor, rollout_weight: torch.Tensor | None) -> torch.Tensor:
+    """A policy term ([B, T] or [B]) times the rollout-correction weight (a constant); itself when there is none."""
+    return term if rollout_weight is None else term * rollout_weight.detach()
+
+
 def clipped_surrogate(
     logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, adv_B: torch.Tensor, clip_low: float, clip_high: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -185,18 +203,32 @@ def _token_metrics(ratio_BT, clipped_BT, mask_BT, kl_BT) -> dict[str, torch.Tens
 
 
 def _clipped_token_loss(
-    logp_BT, old_logp_BT, adv_B, mask_BT, *, kl_BT, beta, clip_low, clip_high, aggregation, max_len=None
+    logp_BT,
+    old_logp_BT,
+    adv_B,
+    mask_BT,
+    *,
+    kl_BT,
+    beta,
+    clip_low,
+    clip_high,
+    aggregation,
+    max_len=None,
+    rollout_weight_BT=None,
 ) -> LossOutput:
-    """The clipped token-level surrogate (+ beta * KL per token), reduced by ``aggregation``."""
-    logp_BT, old_logp_BT, kl_BT = _clean(mask_BT, logp_BT, old_logp_BT, kl_BT)
+    """The clipped token surrogate (times the rollout weight, + beta * KL per token), reduced by ``aggregation``."""
+    logp_BT, old_logp_BT, kl_BT, w_BT = _clean(mask_BT, logp_BT, old_logp_BT, kl_BT, rollout_weight_BT)
     loss_BT, ratio_BT, clipped_BT = clipped_surrogate(logp_BT, old_logp_BT, adv_B, clip_low, clip_high)
+    loss_BT = _rollout_weighted(loss_BT, w_BT)  # as TRL: the policy term only, before the KL term
     if kl_BT is not None and beta:
         loss_BT = loss_BT + beta * kl_BT
     return aggregation(loss_BT, mask_BT, max_len=max_len), _token_metrics(ratio_BT, clipped_BT, mask_BT, kl_BT)
 
 
-@policy_loss("grpo", normaliser="rows", default_clip=(0.2, 0.2))
-def grpo_loss(logp_BT, old_logp_BT, adv_B, mask_BT, *, kl_BT, beta, max_len, clip_low, clip_high) -> LossOutput:
+@policy_loss("grpo", normaliser="rows", default_clip=(0.2, 0.2), options=(ROLLOUT_WEIGHT,))
+def grpo_loss(
+    logp_BT, old_logp_BT, adv_B, mask_BT, *, kl_BT, beta, max_len, clip_low, clip_high, rollout_weight_BT=None
+) -> LossOutput:
     """GRPO (DeepSeekMath eq. 3): clipped token surrogate, aggregated as ``seq_mean_token_mean``."""
     return _clipped_token_loss(
         logp_BT,
@@ -207,12 +239,15 @@ def grpo_loss(logp_BT, old_logp_BT, adv_B, mask_BT, *, kl_BT, beta, max_len, cli
         beta=beta,
         clip_low=clip_low,
         clip_high=clip_high,
+        rollout_weight_BT=rollout_weight_BT,
         aggregation=seq_mean_token_mean,
     )
 
 
-@policy_loss("dapo", normaliser="tokens", default_clip=(0.2, 0.2))
-def dapo_loss(logp_BT, old_logp_BT, adv_B, mask_BT, *, kl_BT, beta, max_len, clip_low, clip_high) -> LossOutput:
+@policy_loss("dapo", normaliser="tokens", default_clip=(0.2, 0.2), options=(ROLLOUT_WEIGHT,))
+def dapo_loss(
+    logp_BT, old_logp_BT, adv_B, mask_BT, *, kl_BT, beta, max_len, clip_low, clip_high, rollout_weight_BT=None
+) -> LossOutput:
     """DAPO (eq. 8): clipped token surrogate, aggregated as ``token_mean``."""
     return _clipped_token_loss(
         logp_BT,
@@ -223,12 +258,15 @@ def dapo_loss(logp_BT, old_logp_BT, adv_B, mask_BT, *, kl_BT, beta, max_len, cli
         beta=beta,
         clip_low=clip_low,
         clip_high=clip_high,
+        rollout_weight_BT=rollout_weight_BT,
         aggregation=token_mean,
     )
 
 
-@policy_loss("dr_grpo", normaliser="rows", default_clip=(0.2, 0.2))
-def dr_grpo_loss(logp_BT, old_logp_BT, adv_B, mask_BT, *, kl_BT, beta, max_len, clip_low, clip_high) -> LossOutput:
+@policy_loss("dr_grpo", normaliser="rows", default_clip=(0.2, 0.2), options=(ROLLOUT_WEIGHT,))
+def dr_grpo_loss(
+    logp_BT, old_logp_BT, adv_B, mask_BT, *, kl_BT, beta, max_len, clip_low, clip_high, rollout_weight_BT=None
+) -> LossOutput:
     """Dr. GRPO: clipped token surrogate, aggregated as ``seq_mean_token_sum_norm`` (needs ``max_len``)."""
     return _clipped_token_loss(
         logp_BT,
@@ -239,6 +277,7 @@ def dr_grpo_loss(logp_BT, old_logp_BT, adv_B, mask_BT, *, kl_BT, beta, max_len, 
         beta=beta,
         clip_low=clip_low,
         clip_high=clip_high,
+        rollout_weight_BT=rollout_weight_BT,
         aggregation=seq_mean_token_sum_norm,
         max_len=max_len,
     )
@@ -249,19 +288,26 @@ def _sequence_log_ratio(logp_BT, old_logp_BT, mask_BT) -> torch.Tensor:
     return masked_mean(logp_BT - old_logp_BT, mask_BT, dim=-1)
 
 
-@policy_loss("gspo", normaliser="rows", default_clip=(3e-4, 4e-4))
-def gspo_loss(logp_BT, old_logp_BT, adv_B, mask_BT, *, kl_BT, beta, max_len, clip_low, clip_high) -> LossOutput:
+@policy_loss("gspo", normaliser="rows", default_clip=(3e-4, 4e-4), options=(ROLLOUT_WEIGHT,))
+def gspo_loss(
+    logp_BT, old_logp_BT, adv_B, mask_BT, *, kl_BT, beta, max_len, clip_low, clip_high, rollout_weight_BT=None
+) -> LossOutput:
     """GSPO (Zheng et al. 2025, eq. 5-7): one importance ratio per sequence, clipped per sequence.
 
     ``s_i = exp(mean_t(logp - old_logp))``; loss ``-mean_i min(s_i A_i, clip(s_i, 1-cl, 1+ch) A_i)``. The paper's
     clip range is ~1e-3 of GRPO's (3e-4 / 4e-4), because a sequence ratio is an average of token log ratios.
+
+    A rollout weight multiplies each row's term by its mean over the row's real tokens (the sequence-level
+    weight itself when it is constant on the row, as ``rl.correction`` gives at ``level: sequence``).
     """
-    logp_BT, old_logp_BT, kl_BT = _clean(mask_BT, logp_BT, old_logp_BT, kl_BT)
+    logp_BT, old_logp_BT, kl_BT, w_BT = _clean(mask_BT, logp_BT, old_logp_BT, kl_BT, rollout_weight_BT)
     s_B = torch.exp(_sequence_log_ratio(logp_BT, old_logp_BT, mask_BT))
     unclipped = s_B * adv_B
     clipped = torch.clamp(s_B, 1 - clip_low, 1 + clip_high) * adv_B
     has_tokens = (mask_BT.sum(-1) > 0).float()  # a sequence with no tokens is a row of zeros, as in GRPO's mean
-    loss = -(torch.minimum(unclipped, clipped) * has_tokens).mean() if s_B.numel() else s_B.sum()
+    w_B = None if w_BT is None else masked_mean(w_BT, mask_BT, dim=-1)  # the row's mean weight
+    term_B = _rollout_weighted(torch.minimum(unclipped, clipped), w_B)
+    loss = -(term_B * has_tokens).mean() if s_B.numel() else s_B.sum()
     if kl_BT is not None and beta:
         loss = loss + beta * seq_mean_token_mean(kl_BT, mask_BT)
     with torch.no_grad():
@@ -274,34 +320,39 @@ def gspo_loss(logp_BT, old_logp_BT, adv_B, mask_BT, *, kl_BT, beta, max_len, cli
     return loss, metrics
 
 
-@policy_loss("gspo_token", normaliser="rows", default_clip=(3e-4, 4e-4))
-def gspo_token_loss(logp_BT, old_logp_BT, adv_B, mask_BT, *, kl_BT, beta, max_len, clip_low, clip_high) -> LossOutput:
+@policy_loss("gspo_token", normaliser="rows", default_clip=(3e-4, 4e-4), options=(ROLLOUT_WEIGHT,))
+def gspo_token_loss(
+    logp_BT, old_logp_BT, adv_B, mask_BT, *, kl_BT, beta, max_len, clip_low, clip_high, rollout_weight_BT=None
+) -> LossOutput:
     """GSPO-token (eq. 13-14): ``s_it = sg[s_i] * pi(y_t) / sg[pi(y_t)]`` - the value of ``s_i`` on every token but a
     per-token gradient, so per-token advantages are possible. Equals ``gspo`` when advantages are uniform per sequence.
     """
-    logp_BT, old_logp_BT, kl_BT = _clean(mask_BT, logp_BT, old_logp_BT, kl_BT)
+    logp_BT, old_logp_BT, kl_BT, w_BT = _clean(mask_BT, logp_BT, old_logp_BT, kl_BT, rollout_weight_BT)
     log_s_B = _sequence_log_ratio(logp_BT, old_logp_BT, mask_BT).detach()
     s_BT = torch.exp(log_s_B.unsqueeze(-1) + logp_BT - logp_BT.detach())
     adv_BT = adv_B.unsqueeze(-1)
     unclipped = s_BT * adv_BT
     clipped = torch.clamp(s_BT, 1 - clip_low, 1 + clip_high) * adv_BT
-    loss_BT = -torch.minimum(unclipped, clipped)
+    loss_BT = _rollout_weighted(-torch.minimum(unclipped, clipped), w_BT)
     if kl_BT is not None and beta:
         loss_BT = loss_BT + beta * kl_BT
     loss = seq_mean_token_mean(loss_BT, mask_BT)
     return loss, _token_metrics(s_BT, clipped < unclipped, mask_BT, kl_BT)
 
 
-@policy_loss("cispo", normaliser="tokens", default_clip=(1.0, 4.0))
-def cispo_loss(logp_BT, old_logp_BT, adv_B, mask_BT, *, kl_BT, beta, max_len, clip_low, clip_high) -> LossOutput:
+@policy_loss("cispo", normaliser="tokens", default_clip=(1.0, 4.0), options=(ROLLOUT_WEIGHT,))
+def cispo_loss(
+    logp_BT, old_logp_BT, adv_B, mask_BT, *, kl_BT, beta, max_len, clip_low, clip_high, rollout_weight_BT=None
+) -> LossOutput:
     """CISPO (MiniMax-M1, eq. 4-5): REINFORCE with a clipped, stop-gradient importance weight on every token,
     ``-sg(clip(r, 1-cl, 1+ch)) * A * logp``, token-mean. No token's gradient is dropped, only re-weighted.
-    MiniMax-M1 sets no lower bound in practice (``clip_low=1.0`` makes it 0) and a large upper one.
+    MiniMax-M1 sets no lower bound in practice (``clip_low=1.0`` makes it 0) and a large upper one. A rollout
+    weight ``w`` joins the stop-gradient factor: ``-sg(clip(r)) * w * A * logp``.
     """
-    logp_BT, old_logp_BT, kl_BT = _clean(mask_BT, logp_BT, old_logp_BT, kl_BT)
+    logp_BT, old_logp_BT, kl_BT, w_BT = _clean(mask_BT, logp_BT, old_logp_BT, kl_BT, rollout_weight_BT)
     ratio_BT = torch.exp(logp_BT - old_logp_BT)
     weight_BT = torch.clamp(ratio_BT, 1 - clip_low, 1 + clip_high).detach()
-    loss_BT = -weight_BT * adv_B.unsqueeze(-1) * logp_BT
+    loss_BT = -_rollout_weighted(weight_BT, w_BT) * adv_B.unsqueeze(-1) * logp_BT
     if kl_BT is not None and beta:
         loss_BT = loss_BT + beta * kl_BT
     loss = token_mean(loss_BT, mask_BT)

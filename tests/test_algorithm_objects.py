@@ -53,7 +53,7 @@ def test_declared_facts_of_the_builtin_losses():
         "gspo_token": ("rows", (3e-4, 4e-4)),
         "cispo": ("tokens", (1.0, 4.0)),
     }
-    assert all(LOSSES.get(n).options == {"clip_low", "clip_high"} for n in LOSSES.names())
+    assert all(LOSSES.get(n).options == {"clip_low", "clip_high", "rollout_weight_BT"} for n in LOSSES.names())
 
 
 def test_an_undeclared_option_is_rejected_by_name():

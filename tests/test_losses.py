@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rl.kl import KL_ESTIMATORS
-from rl.losses import LOSSES, aggregate, clipped_surrogate, masked_mean
+from rl.losses import LOSSES, PolicyLoss, aggregate, clipped_surrogate, masked_mean
 
 LOG = math.log
 
@@ -148,3 +148,90 @@ def test_clipped_surrogate_reports_clipped_tokens():
     )
     assert loss[0].tolist() == pytest.approx([-1.2, -0.5])
     assert clipped.tolist() == [[True, False]]
+
+
+# ------------------------------------------------------------------ rollout-correction weight (rl/correction.py)
+BUILTIN = ["grpo", "dapo", "dr_grpo", "gspo", "gspo_token", "cispo"]
+
+
+def _loss_and_grad(name, new, old, adv, mask, **kw):
+    logp = new.clone().requires_grad_(True)
+    loss, _ = LOSSES.get(name)(logp, old, adv, mask, max_len=4, **kw)
+    loss.backward()
+    return loss.detach(), logp.grad
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_no_rollout_weight_is_bit_identical(name):
+    new, old, adv, mask = _inputs()
+    kl = {"kl_BT": KL_ESTIMATORS.get("k3")(new, old), "beta": 0.1}
+    assert LOSSES.get(name).takes_rollout_weight
+    base = _loss_and_grad(name, new, old, adv, mask, **kl)
+    for weight in (None, torch.ones_like(new)):
+        loss, grad = _loss_and_grad(name, new, old, adv, mask, rollout_weight_BT=weight, **kl)
+        assert torch.equal(loss, base[0]) and torch.equal(grad, base[1])
+
+
+def test_a_weight_of_two_doubles_one_token_policy_term():
+    new, old, adv, mask = _inputs()
+    w = torch.ones_like(new)
+    w[1, 0] = 2.0  # seq 1, token 0: policy term 3.0 (see _token_losses)
+    s0, s1 = _token_losses()
+    dapo, _ = LOSSES.get("dapo")(new, old, adv, mask, rollout_weight_BT=w)
+    assert dapo.item() == pytest.approx((sum(s0) + 2 * 3.0 + 1.6) / 5, rel=1e-5)
+    grpo, _ = LOSSES.get("grpo")(new, old, adv, mask, rollout_weight_BT=w)
+    assert grpo.item() == pytest.approx((sum(s0) / 3 + (2 * 3.0 + 1.6) / 2) / 2, rel=1e-5)
+
+
+def test_kl_term_is_not_weighted():
+    new, old, adv, mask = _inputs()
+    kl = KL_ESTIMATORS.get("k1")(new, old.clone())
+    w = torch.tensor([[2.0, 0.5, 3.0], [0.0, 4.0, 0.0]])
+    base, _ = LOSSES.get("grpo")(new, old, adv, mask, rollout_weight_BT=w)
+    with_kl, _ = LOSSES.get("grpo")(new, old, adv, mask, kl_BT=kl, beta=0.1, rollout_weight_BT=w)
+    kl0 = (LOG(1.2) + LOG(1.0) + LOG(0.5)) / 3
+    kl1 = (LOG(1.5) + LOG(0.5)) / 2
+    assert (with_kl - base).item() == pytest.approx(0.1 * (kl0 + kl1) / 2, rel=1e-5)
+
+
+def test_gspo_row_weight_is_the_mean_of_its_token_weights():
+    new, old, adv, mask = _inputs()
+    w = torch.tensor([[1.0, 2.0, 3.0], [0.5, 1.5, float("nan")]])  # row means 2 and 1; the pad is ignored
+    loss, _ = LOSSES.get("gspo")(new, old, adv, mask, rollout_weight_BT=w)
+    s0 = (1.2 * 1.0 * 0.5) ** (1 / 3)  # exp(mean log ratio) = 0.84, below the clip range
+    term0 = 1.0 * s0  # A = +1: min(s A, clip(s) A) keeps the unclipped s
+    term1 = -2.0 * (1 - 3e-4)  # A = -2, s1 = 0.87: the clipped ratio gives the smaller term
+    assert loss.item() == pytest.approx(-(2.0 * term0 + 1.0 * term1) / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_gradient_is_scaled_by_the_weight_and_padding_weight_ignored(name):
+    new, old, adv, mask = _inputs()
+    w = torch.tensor([[2.0, 0.5, 3.0], [0.25, 4.0, float("nan")]])
+    _, grad = _loss_and_grad(name, new, old, adv, mask)
+    _, grad_w = _loss_and_grad(name, new, old, adv, mask, rollout_weight_BT=w)
+    # token losses: d loss / d logp_t scales by w_t; gspo: by the row's mean weight ((2 + 0.5 + 3) / 3, (0.25 + 4) / 2)
+    scale = torch.tensor([[(2 + 0.5 + 3) / 3] * 3, [(0.25 + 4) / 2] * 3]) if name == "gspo" else w.nan_to_num(0.0)
+    assert torch.allclose(grad_w, grad * scale, rtol=1e-5, atol=1e-7)
+    assert grad_w[1, 2].item() == 0.0
+
+
+def test_dapo_gradient_by_hand_with_weight():
+    # On policy (ratio 1, unclipped): d/dlogp of token_mean(-w A r) = -w A / n_tokens
+    logp = torch.tensor([[LOG(0.3), LOG(0.7)]], requires_grad=True)
+    w = torch.tensor([[2.0, 0.5]])
+    loss, _ = LOSSES.get("dapo")(logp, logp.detach(), torch.tensor([2.0]), torch.ones(1, 2), rollout_weight_BT=w)
+    loss.backward()
+    assert logp.grad[0].tolist() == pytest.approx([-2.0 * 2.0 / 2, -0.5 * 2.0 / 2])
+
+
+def test_a_user_loss_without_the_option_refuses_a_weight():
+    def reinforce(logp_BT, old_logp_BT, adv_B, mask_BT, *, kl_BT, beta, max_len):
+        return -(adv_B.unsqueeze(-1) * logp_BT * mask_BT).sum() / mask_BT.sum(), {}
+
+    loss = PolicyLoss("reinforce", reinforce, "rows", None)
+    assert not loss.takes_rollout_weight
+    new, old, adv, mask = _inputs()
+    loss(new, old, adv, mask, rollout_weight_BT=None)  # None = no weight: accepted
+    with pytest.raises(TypeError, match="takes no option 'rollout_weight_BT'"):
+        loss(new, old, adv, mask, rollout_weight_BT=torch.ones_like(new))
