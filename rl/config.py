@@ -20,6 +20,7 @@ import yaml
 from core.configio import ConfigError, apply_overrides, check_keys, from_dict, read_yaml_mapping, to_dict
 from rewards.scoring import RewardSpec
 from rl.config_commands import SampleConfig, SFTConfig
+from rl.config_engine import RolloutCorrectionConfig, VLLMConfig, check_engine
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,10 @@ class DataConfig:
 @dataclass(frozen=True)
 class RolloutConfig:
     backend: str = "transformers"
-    """Generation engine (``rollouts.backends.BACKENDS``)."""
+    """Generation engine (``rollouts.backends.BACKENDS``): ``transformers`` (r1kit's sampler over the training
+    module) or ``vllm`` (vLLM's engine in this process, weights synced after every step; ``rollout.vllm``)."""
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    """The vLLM engine's settings (``rl.config_engine.VLLMConfig``); read only with ``backend: vllm``."""
     max_new_tokens: int = 64
     """Completion length cap; longer completions are cut and marked ``finish_reason=length``."""
     temperature: float = 1.0
@@ -252,6 +256,9 @@ class AlgorithmConfig:
     """Generation rounds per step allowed to dynamic sampling; if still short, the step trains on what it has."""
     mask_truncated: bool = False
     """DAPO overlong filtering: completions cut at rollout.max_new_tokens are masked out of the loss."""
+    rollout_correction: RolloutCorrectionConfig = field(default_factory=RolloutCorrectionConfig)
+    """Importance weights for the rollout engine / training forward mismatch (``rl.config_engine``, ``rl.correction``):
+    ``mode`` (auto: TIS with vLLM), ``level``, ``cap``."""
 
     def __post_init__(self) -> None:
         G = self.num_generations
@@ -485,6 +492,7 @@ class RecipeConfig:
         self.rollout.check_registered()
         self.algorithm.check_registered()
         self.training.check_registered()
+        check_engine(self.rollout, self.algorithm)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -433,6 +433,7 @@ class SFTRunner:
         if not self.eval_prompts:
             return {"accuracy": math.nan}
         prompts = self.eval_prompts
+        self.backend.update_weights()  # SFT trained the module since the last evaluation (vLLM: reload it)
         batch = self.backend.generate(prompts, list(range(len(prompts))), num_generations=1, greedy=True)
         scores = self.scorer.score(
             batch.reward_prompts,

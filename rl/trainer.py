@@ -20,12 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.configio import ConfigError
 from core.files import atomic_write_text
 from core.metrics import Max, Sum
 from rewards.scoring import RewardScorer, RewardScores, bind_rewards, trainer_state
 from rl.advantages import ADVANTAGES
 from rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trainable_state
 from rl.config import RecipeConfig, dump_recipe
+from rl.correction import rollout_correction, rollout_logp_tensor
 from rl.distributed import Dist, dump_weights_for_debug, generate_seeded, make_accelerator
 from rl.forward import PolicyForward
 from rl.groups import CollectedGroups, collect_groups, mask_rows
@@ -110,6 +112,7 @@ class GRPOTrainer:
         self.loss_kwargs = self.loss_fn.resolve(clip_low=a.clip_low, clip_high=a.clip_high)  # None = its default
         self.advantage_fn = ADVANTAGES.get(a.advantage)
         self.kl_fn = KL_ESTIMATORS.get(a.kl_estimator) if a.beta > 0 else None
+        self.correction = self._correction_settings()
         self.sampler = PromptSampler(self.data.train, seed=t.seed)  # the same global order on every process
         self.metrics_log = MetricsLog(self.run_dir / "metrics.jsonl")
         lg = cfg.logging
@@ -130,6 +133,18 @@ class GRPOTrainer:
             start_step=self.step,
         )
 
+    def _correction_settings(self) -> dict[str, Any]:
+        """``rl.correction.rollout_correction``'s keywords for this run (``auto`` resolved for the backend)."""
+        a = self.cfg.algorithm
+        rc = a.rollout_correction
+        out = {"mode": rc.resolved_mode(self.cfg.rollout.backend), "level": rc.level, "cap": rc.cap}
+        if out["mode"] != "none" and not self.loss_fn.takes_rollout_weight:
+            raise ConfigError(
+                f"algorithm.rollout_correction: the {a.loss!r} loss takes no rollout_weight_BT option, so the "
+                f"{out['mode']} weights cannot reach it; set algorithm.rollout_correction.mode: none"
+            )
+        return out
+
     def _load_data(self, accelerator) -> PromptSets:
         """The recipe's prompts, built once (downloads and dataset caches), then read by the other processes."""
         cfg, d = self.cfg, self.cfg.data
@@ -139,16 +154,36 @@ class GRPOTrainer:
 
     def _make_backend(self):
         """The recipe's generation backend over the plain policy module."""
-        r = self.cfg.rollout
-        return BACKENDS.get(r.backend)(
-            self.policy.model,
-            self.policy.tokenizer,
+        r, m = self.cfg.rollout, self.cfg.model
+        common = dict(
             max_new_tokens=r.max_new_tokens,
             temperature=r.temperature,
             top_p=r.top_p,
             top_k=r.top_k,
             stop=r.stop,
             batch_size=r.generation_batch_size,
+        )
+        if r.backend == "vllm":
+            if self.dist.sharded:
+                raise ConfigError(
+                    f"rollout.backend: vllm with {self.dist.strategy} sharded weights is not supported: each "
+                    "process's engine needs the full weights, gathered after every step; use DDP "
+                    "(recipes/accelerate/ddp.yaml) or rollout.backend: transformers"
+                )
+            return BACKENDS.get("vllm")(
+                self.policy.model,
+                self.policy.tokenizer,
+                source=self.policy.source,
+                seed=self.cfg.training.seed + self.dist.rank,  # own sampling noise per process, as the sampler's
+                revision=m.revision,
+                trust_remote_code=m.trust_remote_code,
+                **common,
+                **r.vllm.engine_options(),
+            )
+        return BACKENDS.get(r.backend)(
+            self.policy.model,
+            self.policy.tokenizer,
+            **common,
             sampler=r.sampler,
             # Sharded weights: every forward is collective, so every process decodes in step with the others and
             # through the model's forward (the fused step reads weights directly).
@@ -203,6 +238,8 @@ class GRPOTrainer:
             "model": self.cfg.model.name_or_path,
             "finetune": self.cfg.model.finetune,
             "loss": self.cfg.algorithm.loss,
+            "rollout_backend": self.cfg.rollout.backend,
+            "rollout_correction": self.correction["mode"],
         }
         if self.dist.is_main:
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -240,7 +277,11 @@ class GRPOTrainer:
             seq.completion_mask_BT = mask_rows(
                 seq.completion_mask_BT, torch.tensor([c.finish_reason == "length" for c in batch.completions])
             )
-        train_metrics, old_logp_BT = self._update(seq, adv_B.to(self.device))
+        # The sampler's own log-probs of the kept rows (None without them: the generate sampler).
+        rollout_BT = rollout_logp_tensor([c.logprobs for c in batch.completions], seq.completion_ids_BT.shape[1])
+        rollout_BT = None if rollout_BT is None else rollout_BT.to(self.device)
+        train_metrics, old_logp_BT = self._update(seq, adv_B.to(self.device), rollout_BT)
+        self.backend.update_weights()  # an engine with its own copy reloads them before it next generates
         t_end = time.time()
         # Every sampled group is stored, the ones dynamic sampling dropped too (advantage 0, kept=False, no training
         # log-probs) - collapsed groups are exactly what people look for in rollouts.
@@ -261,6 +302,8 @@ class GRPOTrainer:
                 "lr": self.scheduler.get_last_lr()[0],
                 "tokens_per_s": Sum(sum(c.num_tokens for c in sampled.batch.completions) / max(t_end - t0, 1e-9)),
                 **sampled.metrics,
+                **self._mismatch_metrics(old_logp_BT, rollout_BT, seq.completion_mask_BT),
+                **{k: Max(v) for k, v in self.backend.pop_metrics().items()},
                 "time/train": Max(t_end - t_reward),  # a step takes as long as its slowest process
                 "time/step": Max(t_end - t0),
             }
@@ -331,9 +374,20 @@ class GRPOTrainer:
 
         return self.logprob_chunks.run(chunk, seq.input_ids_BL.shape[0])
 
-    def _update(self, seq: SequenceTensors, adv_B: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+    def _mismatch_metrics(self, old_logp_BT, rollout_BT, mask_BT) -> dict[str, Any]:
+        """``mismatch/*`` (``rl.correction``) of the step's kept rows: the sampler's log-probs against the training
+        forward's before the update; none without sampler log-probs."""
+        if rollout_BT is None:
+            return {}
+        _, m = rollout_correction(old_logp_BT, rollout_BT, mask_BT, **self.correction)
+        return {k: Max(v.item()) if k == "mismatch/max_ratio" else v.item() for k, v in m.items()}
+
+    def _update(
+        self, seq: SequenceTensors, adv_B: torch.Tensor, rollout_BT: torch.Tensor | None = None
+    ) -> tuple[dict[str, float], torch.Tensor]:
         """``num_iterations`` passes of mini-batch updates over the batch; returns the metrics (averaged over the
-        updates) and the old policy's ``logp_BT`` (detached: what the rollout store keeps)."""
+        updates) and the old policy's ``logp_BT`` (detached: what the rollout store keeps). ``rollout_BT``: the
+        sampler's log-probs, which the rollout correction weighs the loss with (``algorithm.rollout_correction``)."""
         a = self.cfg.algorithm
         B = seq.input_ids_BL.shape[0]
         # Optimizer updates per pass, as the LR schedule plans them (rl.distributed.local_sizes). Dynamic sampling may
@@ -362,12 +416,12 @@ class GRPOTrainer:
                 if len(mb) == 0:  # fewer kept rows than mini-batches: no update, but the schedule moves on as planned
                     self.scheduler.step()
                     continue
-                self._mini_batch_update(seq, mb, adv_B, old_logp_BT, ref_logp_BT, sums, seen_BT)
+                self._mini_batch_update(seq, mb, adv_B, old_logp_BT, ref_logp_BT, sums, seen_BT, rollout_BT)
                 n_updates += 1
         metrics = {k: v / max(n_updates, 1) for k, v in sums.items()}
         return {**metrics, **self.moe.end_step()}, seen_BT.detach()
 
-    def _mini_batch_update(self, seq, mb, adv_B, old_logp_BT, ref_logp_BT, sums, seen_BT) -> None:
+    def _mini_batch_update(self, seq, mb, adv_B, old_logp_BT, ref_logp_BT, sums, seen_BT, rollout_BT=None) -> None:
         """One optimizer update on the rows ``mb``, accumulated over micro-batches. Each micro-batch's loss is
         weighted by its share of the mini-batch's normaliser (tokens or rows, as the loss declares), counted over
         every process (``rl.distributed``), so the update equals the one-process full-batch one."""
@@ -389,6 +443,10 @@ class GRPOTrainer:
                 logp_BT = out.logp_BT
                 old = logp_BT.detach() if old_logp_BT is None else old_logp_BT[rows]
                 kl_BT = self.kl_fn(logp_BT, ref_logp_BT[rows]) if self.kl_fn else None
+                weight = {}
+                if self.correction["mode"] != "none" and rollout_BT is not None:  # pi_train / pi_rollout, bounded
+                    w_BT, _ = rollout_correction(old, rollout_BT[rows], sub.completion_mask_BT, **self.correction)
+                    weight = {"rollout_weight_BT": w_BT}
                 loss, m = self.loss_fn(
                     logp_BT,
                     old,
@@ -398,6 +456,7 @@ class GRPOTrainer:
                     beta=a.beta,
                     max_len=self.cfg.rollout.max_new_tokens,
                     **self.loss_kwargs,
+                    **weight,
                 )
                 self.moe.observe(rows, out.routing)
                 m["entropy"] = (out.entropy_BT.sum() / sub.completion_mask_BT.sum().clamp(min=1)).detach()

@@ -1,8 +1,13 @@
-"""Generation backends. A backend turns prompts into grouped completions; the transformers one is the first.
+"""Generation backends. A backend turns prompts into grouped completions: ``transformers`` (r1kit's own sampler
+or ``model.generate``, over the training module itself) and ``vllm`` (``rollouts.vllm_backend``: vLLM's engine in
+the same process, with its own copy of the weights).
 
-The interface is deliberately small so a faster engine (vLLM, SGLang) can be added beside it::
+The interface is small::
 
     backend.generate(prompts, group_ids, num_generations=G, greedy=False) -> RolloutBatch
+    backend.update_weights()   the training module's weights changed: an engine with its own copy reloads them
+                               before it next generates (a no-op for the transformers backend, which reads them)
+    backend.pop_metrics()      timings the backend measured since the last call (weight sync), as metrics
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ class GenerationBackend(Protocol):
     def generate(
         self, prompts: Sequence[Prompt], group_ids: Sequence[int], *, num_generations: int, greedy: bool = False
     ) -> RolloutBatch: ...
+
+    def update_weights(self) -> None: ...
+
+    def pop_metrics(self) -> dict[str, float]: ...
 
 
 BACKENDS: Registry[type] = Registry("generation backend")
@@ -113,7 +122,7 @@ class TransformersBackend:
         self.stop = stop_strings(tokenizer, stop)  # None without stop strings: no check runs
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no pad token; set one (e.g. tokenizer.pad_token = tokenizer.eos_token)")
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_ids_of(model, tokenizer)
 
     def generate(
         self, prompts: Sequence[Prompt], group_ids: Sequence[int], *, num_generations: int, greedy: bool = False
@@ -132,6 +141,12 @@ class TransformersBackend:
             completions.extend(self._generate_rows(rows[start : start + step], greedy))
         return RolloutBatch(completions)
 
+    def update_weights(self) -> None:
+        """Nothing to do: this backend samples from the training module itself."""
+
+    def pop_metrics(self) -> dict[str, float]:
+        return {}
+
     def _generate_rows(self, rows: list[Row], greedy: bool) -> list[Completion]:
         was_training = self.model.training
         self.model.eval()
@@ -142,23 +157,29 @@ class TransformersBackend:
             self.model.train(was_training)
 
     def completion(self, row: Row, gen: list[int]) -> Completion:
-        """The record of one generated row: tokens through the first EOS (kept) or through the token that
-        completes a stop string (kept, with any text it carries past the stop), decoded text, finish reason.
+        """The record of one generated row (``cut_completion`` with this backend's EOS ids and stop strings)."""
+        return cut_completion(self.tokenizer, self.eos_ids, self.stop, row, gen)
 
-        Both samplers' rows are cut here by the one definition in ``rollouts.stops``: the r1kit sampler stopped
-        there already; ``generate`` stops by transformers' criterion, which reads token strings rather than the
-        decoded text, and any row it ran past that point is cut back to it."""
-        prompt, group_id, ids = row
-        cut = next((i for i, t in enumerate(gen) if t in self.eos_ids), None)
-        tokens = gen if cut is None else gen[: cut + 1]  # keep the EOS: the model must learn to stop
-        body = tokens if cut is None else tokens[:-1]
-        text = self.tokenizer.decode(body, skip_special_tokens=False)
-        kept = None if self.stop is None else self.stop.first_stop(body, text)
-        if kept is not None:  # a stop string before any EOS: keep through the token that completes it
-            tokens = body[:kept]
-            text = self.tokenizer.decode(tokens, skip_special_tokens=False)
-        reason = "stop" if kept is not None else "length" if cut is None else "eos"
-        return Completion(group_id, prompt, ids, tokens, text, reason)
+
+def cut_completion(tokenizer, eos_ids: Sequence[int], stop, row: Row, gen: list[int]) -> Completion:
+    """The record of one generated row: tokens through the first EOS (kept) or through the token that completes a
+    stop string (kept, with any text it carries past the stop), decoded text, finish reason.
+
+    Every backend's rows are cut here by the one definition in ``rollouts.stops``: the r1kit sampler stopped there
+    already; ``generate`` stops by transformers' criterion, which reads token strings rather than the decoded text,
+    and vLLM by its own string match; any row an engine ran past that point is cut back to it. ``stop``: a
+    ``rollouts.stops`` matcher, or None without stop strings."""
+    prompt, group_id, ids = row
+    cut = next((i for i, t in enumerate(gen) if t in eos_ids), None)
+    tokens = gen if cut is None else gen[: cut + 1]  # keep the EOS: the model must learn to stop
+    body = tokens if cut is None else tokens[:-1]
+    text = tokenizer.decode(body, skip_special_tokens=False)
+    kept = None if stop is None else stop.first_stop(body, text)
+    if kept is not None:  # a stop string before any EOS: keep through the token that completes it
+        tokens = body[:kept]
+        text = tokenizer.decode(tokens, skip_special_tokens=False)
+    reason = "stop" if kept is not None else "length" if cut is None else "eos"
+    return Completion(group_id, prompt, ids, tokens, text, reason)
 
 
 @SAMPLERS.register("r1kit")
@@ -224,7 +245,7 @@ def generate_sampler(backend: TransformersBackend, rows: list[Row], greedy: bool
     return [b.completion(row, gen) for row, gen in zip(rows, out[:, P:].tolist(), strict=True)]
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def eos_ids_of(model, tokenizer) -> list[int]:
     ids = {tokenizer.eos_token_id}
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
@@ -232,3 +253,11 @@ def _eos_ids(model, tokenizer) -> list[int]:
     if not ids:
         raise ValueError("neither the tokenizer nor the generation config defines an EOS token")
     return sorted(ids)
+
+
+@BACKENDS.register("vllm")
+def vllm_backend(model: torch.nn.Module, tokenizer, **kwargs):
+    """``rollouts.vllm_backend.VLLMBackend``: vLLM's engine in this process (imported only when chosen)."""
+    from rollouts.vllm_backend import VLLMBackend
+
+    return VLLMBackend(model, tokenizer, **kwargs)

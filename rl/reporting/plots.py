@@ -264,6 +264,10 @@ def why_constant(key: str, config: dict | None) -> str | None:
         mb = algo.get("mini_batch_size") or algo.get("batch_size")
         if mb == algo.get("batch_size"):
             return "by construction: one update per batch, so every ratio is 1 and none is clipped"
+    mode = ((algo.get("rollout_correction") or {}).get("mode")) or "auto"
+    backend = ((config or {}).get("rollout") or {}).get("backend", "transformers")
+    if key == "mismatch/frac_corrected" and (mode == "none" or (mode == "auto" and backend != "vllm")):
+        return "by construction: algorithm.rollout_correction is off here (mode none), so nothing is corrected"
     return None
 
 
@@ -321,6 +325,16 @@ SCALAR_PLOTS = {
     "kl": ("kl", "KL to the reference policy", "KL (per token)", None, False),
     "clip_frac": ("clip_frac", "clipped fraction of ratios", "fraction", None, True),
     "entropy": ("entropy", "policy entropy", "nats per token", None, False),
+    # The sampler's log-probs against the training forward's (rl.correction): how off-policy the rollouts are.
+    "mismatch_kl": ("mismatch/kl", "rollout / training mismatch", "KL(rollout || train) per token", False, False),
+    "mismatch_max_ratio": ("mismatch/max_ratio", "largest training / rollout ratio", "ratio", None, False),
+    "mismatch_frac_corrected": (
+        "mismatch/frac_corrected",
+        "share the rollout correction changed",
+        "fraction (of tokens or rows)",
+        None,
+        True,
+    ),
 }
 
 
