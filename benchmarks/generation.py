@@ -12,7 +12,7 @@ sampled-token log-probs, ``processed_logprobs``), without the backend's decoding
 ``--threads`` threads for the transformers backends; vLLM's CPU worker binds its own OpenMP threads.
 
 Models are random (``rl.zoo.models.tiny_model``): ``tiny`` is the tests' ~1M-parameter Qwen3-MoE, ``small`` the same
-family at hidden 512, 8 layers, 16 experts (~90M parameters), where per-token overhead matters less.
+family at hidden 512, 8 layers, 16 experts (57M parameters), where per-token overhead matters less.
 """
 
 from __future__ import annotations
@@ -45,6 +45,17 @@ SIZES = {
     },
 }
 PROMPT = "Q: 12+345+6789=\nA: <think>"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def build(size: str, out: Path):
@@ -150,7 +161,7 @@ def main() -> None:
     ]
     out = {
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "load_before": load_before,
             "load_after": os.getloadavg(),
