@@ -14,6 +14,8 @@ from rollouts.store import stored_steps
 from rollouts.view import describe, select
 
 ALL_PLOTS = ["reward", "completion_length", "kl", "clip_frac", "entropy", "expert_load"]
+MISMATCH_PLOTS = ["mismatch_kl", "mismatch_max_ratio", "mismatch_frac_corrected"]
+"""Drawn when the sampler's log-probs were logged (rl.correction's mismatch/* metrics); the fake run has none."""
 
 
 def test_rollouts_prints_the_latest_step_with_reward_breakdown(fake_run_dir, capsys):
@@ -107,8 +109,9 @@ def test_plot_reports_what_was_not_logged(fake_run_dir, capsys):
     metrics.write_text("\n".join(line.split(', "kl"')[0] + "}" for line in metrics.read_text().splitlines()) + "\n")
     result = write_plots(fake_run_dir)
     assert [p.stem for p in result.written] == ["reward"]
-    assert set(result.skipped) == set(ALL_PLOTS) - {"reward"}
+    assert set(result.skipped) == set(ALL_PLOTS + MISMATCH_PLOTS) - {"reward"}
     assert "beta = 0" in result.skipped["kl"]
+    assert result.skipped["mismatch_kl"] == "'mismatch/kl' not logged"
     assert main(["plot", str(fake_run_dir / "nope")]) == 2
 
 
