@@ -214,6 +214,17 @@ class RolloutConfig:
             f"rollout.torch_threads: must be > 0 or null, got {self.torch_threads}",
         )
 
+    def backend_options(self, *, temperature: float | None = None, max_new_tokens: int | None = None) -> dict:
+        """The sampling keywords every backend takes (``rollouts.backends``); None: this section's value."""
+        return dict(
+            max_new_tokens=self.max_new_tokens if max_new_tokens is None else max_new_tokens,
+            temperature=self.temperature if temperature is None else temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            stop=self.stop,
+            batch_size=self.generation_batch_size,
+        )
+
     def check_registered(self) -> None:
         """The backend and sampler names exist (run last, as ``AlgorithmConfig.check_registered``)."""
         from rollouts.backends import BACKENDS, SAMPLERS

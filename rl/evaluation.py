@@ -397,18 +397,10 @@ def make_backend(loaded, cfg, *, temperature: float, max_new_tokens: int):
 
     r = cfg.rollout
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    common = dict(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=r.top_p,
-        top_k=r.top_k,
-        stop=r.stop,
-        batch_size=r.generation_batch_size,
-    )
+    common = r.backend_options(temperature=temperature, max_new_tokens=max_new_tokens)
     if r.backend == "vllm":  # the engine starts from a temporary copy of the loaded model (LoRA merged)
-        engine = {k: getattr(r.vllm, k) for k in r.vllm.__dataclass_fields__ if k != "tensor_parallel_size"}
         return BACKENDS.get("vllm")(
-            loaded.model.to(device), loaded.tokenizer, seed=cfg.training.seed, **common, **engine
+            loaded.model.to(device), loaded.tokenizer, seed=cfg.training.seed, **common, **r.vllm.engine_options()
         )
     return BACKENDS.get(r.backend)(
         loaded.model.to(device),

@@ -155,14 +155,7 @@ class GRPOTrainer:
     def _make_backend(self):
         """The recipe's generation backend over the plain policy module."""
         r, m = self.cfg.rollout, self.cfg.model
-        common = dict(
-            max_new_tokens=r.max_new_tokens,
-            temperature=r.temperature,
-            top_p=r.top_p,
-            top_k=r.top_k,
-            stop=r.stop,
-            batch_size=r.generation_batch_size,
-        )
+        common = r.backend_options()
         if r.backend == "vllm":
             if self.dist.sharded:
                 raise ConfigError(

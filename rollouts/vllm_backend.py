@@ -225,9 +225,7 @@ class VLLMBackend:
             torch.set_num_threads(threads)
         self._metrics: dict[str, float] = {"time/engine_start": time.perf_counter() - t0}
         self._stale, self._checked, self._asleep = True, False, False
-        if self.sleep:
-            self.llm.sleep(level=1)
-            self._asleep = True
+        self._doze()  # asleep until the first generation (GPU)
 
     # ------------------------------------------------------------ interface
     def update_weights(self) -> None:
