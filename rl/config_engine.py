@@ -44,6 +44,12 @@ class VLLMConfig:
     """After the first weight sync, score one prompt with both the engine and the training module and stop the run
     when float32 log-probabilities differ by more than 1e-3 (a sync that silently leaves stale weights behind;
     bf16 / fp16 differences are only logged, ``vllm/sync_max_abs_diff``)."""
+    seed_requests: bool = False
+    """Seed every generation's requests from torch's random state (one draw per call; vLLM gives the G samples of a
+    prompt consecutive seeds), so a run that re-seeds torch redraws the same samples, as r1kit's own sampler does.
+    ``r1kit sample`` always turns it on: a resumed chunk must draw what the uninterrupted run drew. Off otherwise:
+    vLLM samples seeded requests one by one (a per-request generator each), which costs little on CPU batches
+    and was not measured on large GPU batches; the engine is seeded once (``training.seed`` + rank) instead."""
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
     """Further keyword arguments for ``vllm.LLM`` (e.g. ``{enable_prefix_caching: false}``); they override r1kit's."""
 

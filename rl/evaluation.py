@@ -388,9 +388,10 @@ def evaluate_model(
     return {**metrics, "rewards": greedy_means, "settings": settings, "per_prompt": per_prompt}
 
 
-def make_backend(loaded, cfg, *, temperature: float, max_new_tokens: int):
+def make_backend(loaded, cfg, *, temperature: float, max_new_tokens: int, seed_requests: bool = False):
     """The recipe's rollout backend over a loaded model (moved to the GPU when there is one): ``r1kit eval`` and
-    ``r1kit sample``."""
+    ``r1kit sample``. ``seed_requests``: vLLM's requests seeded from torch whatever ``rollout.vllm`` says (r1kit's
+    own sampler always follows torch's random state)."""
     import torch
 
     from rollouts.backends import BACKENDS
@@ -399,8 +400,10 @@ def make_backend(loaded, cfg, *, temperature: float, max_new_tokens: int):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     common = r.backend_options(temperature=temperature, max_new_tokens=max_new_tokens)
     if r.backend == "vllm":  # the engine starts from a temporary copy of the loaded model (LoRA merged)
+        engine = r.vllm.engine_options()
+        engine["seed_requests"] = engine["seed_requests"] or seed_requests
         return BACKENDS.get("vllm")(
-            loaded.model.to(device), loaded.tokenizer, seed=cfg.training.seed, **common, **r.vllm.engine_options()
+            loaded.model.to(device), loaded.tokenizer, seed=cfg.training.seed, **common, **engine
         )
     return BACKENDS.get(r.backend)(
         loaded.model.to(device),

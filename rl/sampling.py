@@ -402,7 +402,11 @@ def _backend(loaded, cfg):
 
     r = cfg.rollout
     return make_backend(
-        loaded, cfg, temperature=cfg.sample.temperature or r.temperature, max_new_tokens=r.max_new_tokens
+        loaded,
+        cfg,
+        temperature=cfg.sample.temperature or r.temperature,
+        max_new_tokens=r.max_new_tokens,
+        seed_requests=True,  # vLLM: each chunk's draws follow its torch seed, so a resumed chunk redraws them
     )
 
 

