@@ -272,7 +272,8 @@ def test_sample_with_the_vllm_backend(cli, recipe, tiny_random_model_dir, tmp_pa
         assert summary["settings"]["backend"] == "vllm" and summary["total"] == 16
         assert summary["kept"] + sum(summary["dropped"].values()) == 16
         rows = _rows(out / ".partial" / "chunk-0001.jsonl")
-        assert len({r["text"] for r in rows}) > 1  # a prompt's k samples are not copies of one
+        for pid in {r["prompt_id"] for r in rows}:  # a prompt's k samples are not copies of one seed's
+            assert len({r["text"] for r in rows if r["prompt_id"] == pid}) > 1, pid
         # Chunk 1 again, in a process whose global RNG has moved on: only the chunk's seed gives it back.
         (out / ".partial" / "chunk-0001.jsonl").unlink()
         (out / "samples.jsonl").unlink()
