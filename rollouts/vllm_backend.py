@@ -244,17 +244,19 @@ class VLLMBackend:
             raise ValueError(f"generate: {len(prompts)} prompts but {len(group_ids)} group ids")
         units = [(p, g, encode_prompt(self.tokenizer, p.text)) for p, g in zip(prompts, group_ids, strict=True)]
         # Drawn first: the engine's own unseeded sampling (the sync check, other requests) draws from torch's
-        # global generator too, in this process. Prompt i's samples get seeds base + i * G + j.
-        seeded = self.seed_requests and not greedy
-        base = int(torch.randint(0, 2**31 - 1 - len(units) * num_generations, ())) if seeded else None
+        # global generator too, in this process. Prompt i's samples get seeds base + i * G + j (vLLM adds j).
+        seeds = None
+        if self.seed_requests and not greedy:
+            base = int(torch.randint(0, 2**31 - 1 - len(units) * num_generations, ()))
+            seeds = [base + i * num_generations for i in range(len(units))]
         self._wake()
         try:
             self._sync()
             step = max(1, (self.batch_size or len(units) * num_generations) // num_generations)
             completions: list[Completion] = []
             for start in range(0, len(units), step):
-                first = None if base is None else base + start * num_generations
-                completions.extend(self._generate_units(units[start : start + step], num_generations, greedy, first))
+                part = None if seeds is None else seeds[start : start + step]
+                completions.extend(self._generate_units(units[start : start + step], num_generations, greedy, part))
         finally:
             self._doze()
         return RolloutBatch(completions)
@@ -274,15 +276,13 @@ class VLLMBackend:
             **stop,
         )
 
-    def _generate_units(self, units: list[Row], n: int, greedy: bool, seed: int | None = None) -> list[Completion]:
-        """``seed``: the first unit's first sample's (``seed_requests``); None: the engine's own stream."""
+    def _generate_units(
+        self, units: list[Row], n: int, greedy: bool, seeds: list[int] | None = None
+    ) -> list[Completion]:
+        """``seeds``: each unit's first sample's (``seed_requests``); None: the engine's own stream."""
         from vllm.inputs import TokensPrompt
 
-        params = (
-            self._params(n, greedy)
-            if seed is None
-            else [self._params(n, greedy, seed + i * n) for i in range(len(units))]
-        )
+        params = self._params(n, greedy) if seeds is None else [self._params(n, greedy, s) for s in seeds]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for _, _, ids in units], params, use_tqdm=False)
         completions = []
         for row, out in zip(units, outs, strict=True):
